@@ -1,0 +1,311 @@
+"""Tests for edgejpq.data, edgejpq.zoo and edgejpq.train."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgejpq.data import DEBIAN_FASHION_MNIST_DIR, Dataset, calibration_subset, load_dataset, read_idx
+from edgejpq.errors import EdgejpqError
+from edgejpq.train import evaluate, load_float_checkpoint, save_float_checkpoint, train_float
+from edgejpq.zoo import ZOO_NAMES, build_model
+
+pytestmark = pytest.mark.unit
+
+_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` in IDX format, independently of the parser under test."""
+    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.fixture(scope="module")
+def fashion() -> Dataset:
+    if not DEBIAN_FASHION_MNIST_DIR.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    return load_dataset("fashion-mnist")
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32])
+def test_idx_round_trip(tmp_path: Path, suffix: str, dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    array = (rng.integers(0, 200, size=(5, 3, 4)) - (0 if dtype == np.uint8 else 100)).astype(dtype)
+    path = tmp_path / f"a.idx{suffix}"
+    _write_idx(path, array)
+    back = read_idx(path)
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_idx_truncated_refused_naming_file_and_offset(tmp_path: Path) -> None:
+    path = tmp_path / "images.idx"
+    _write_idx(path, np.zeros((4, 5, 5), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(EdgejpqError, match=r"images\.idx.*truncated at byte offset 109"):
+        read_idx(path)
+
+
+def test_idx_bad_magic_and_header_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(EdgejpqError, match=r"bad\.idx.*magic at byte offset 0"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x42\x01\x00\x00\x00\x01\x00")
+    with pytest.raises(EdgejpqError, match=r"bad\.idx.*data type 0x42 at byte offset 2"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(EdgejpqError, match=r"bad\.idx.*truncated at byte offset 6"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x05\x06\x07")
+    with pytest.raises(EdgejpqError, match=r"bad\.idx.*trailing bytes from byte offset 10"):
+        read_idx(path)
+
+
+def test_idx_corrupt_gzip_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.idx.gz"
+    _write_idx(path, np.zeros((100, 8, 8), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(EdgejpqError, match=r"x\.idx\.gz"):
+        read_idx(path)
+
+
+def test_idx_folder_spec(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (12, 6, 6)).astype(np.uint8))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", (np.arange(12) % 3).astype(np.uint8))
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (4, 6, 6)).astype(np.uint8))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", (np.arange(4) % 3).astype(np.uint8))
+    ds = load_dataset(f"idx:{tmp_path}")
+    assert ds.x_train.shape == (12, 1, 6, 6) and ds.x_test.shape == (4, 1, 6, 6)
+    assert ds.num_classes == 3 and ds.y_train.dtype == np.int64
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(EdgejpqError, match=r"t10k-labels-idx1-ubyte"):
+        load_dataset(f"fashion-mnist:{tmp_path}")
+
+
+def test_fashion_mnist_loads(fashion: Dataset) -> None:
+    assert fashion.x_train.shape == (60000, 1, 28, 28) and fashion.x_train.dtype == np.float32
+    assert fashion.x_test.shape == (10000, 1, 28, 28)
+    assert fashion.y_train.shape == (60000,) and fashion.y_test.shape == (10000,)
+    assert fashion.num_classes == 10 and fashion.input_shape == (1, 28, 28)
+    assert fashion.x_train.min() == 0.0 and fashion.x_train.max() == 1.0
+    assert set(np.unique(fashion.y_train)) == set(range(10))
+
+
+# ---------------------------------------------------------------------------------------------
+# digits, npz, other specs
+
+
+def test_digits_split() -> None:
+    ds = load_dataset("digits")
+    assert ds.x_train.shape == (1437, 1, 8, 8) and ds.x_test.shape == (360, 1, 8, 8)
+    assert ds.num_classes == 10 and ds.x_train.dtype == np.float32
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    # Stratified: every class appears in the test split.
+    assert set(np.unique(ds.y_test)) == set(range(10))
+    again = load_dataset("digits")
+    np.testing.assert_array_equal(ds.y_test, again.y_test)
+
+
+def test_npz_good_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2, 16)) * 100.0
+    y = np.arange(50) % 5
+    np.savez(tmp_path / "sig.npz", x=x, y=y)
+    ds = load_dataset(f"npz:{tmp_path / 'sig.npz'}")
+    assert ds.x_train.shape == (40, 2, 16) and ds.x_test.shape == (10, 2, 16)
+    assert ds.input_shape == (2, 16) and ds.num_classes == 5
+    # No rescaling of the user's values.
+    assert np.abs(ds.x_train).max() > 1.0
+    both = np.sort(np.concatenate([ds.x_train, ds.x_test]).reshape(50, -1), axis=0)
+    np.testing.assert_array_equal(both, np.sort(x.astype(np.float32).reshape(50, -1), axis=0))
+
+    np.savez(tmp_path / "img.npz", x=np.ones((6, 1, 4, 4), np.uint8), y=np.zeros(6, np.int32),
+             x_test=np.ones((3, 1, 4, 4)), y_test=np.array([0, 1, 2]))
+    ds = load_dataset(f"npz:{tmp_path / 'img.npz'}")
+    assert ds.x_train.shape == (6, 1, 4, 4) and ds.x_test.shape == (3, 1, 4, 4) and ds.num_classes == 3
+
+
+def test_npz_missing_key(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 1, 4, 4)))
+    with pytest.raises(EdgejpqError, match=r"d\.npz.*missing key 'y'"):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    np.savez(tmp_path / "e.npz", x=np.zeros((10, 1, 4, 4)), y=np.zeros(10, int), x_test=np.zeros((2, 1, 4, 4)))
+    with pytest.raises(EdgejpqError, match=r"e\.npz.*missing key 'y_test'"):
+        load_dataset(f"npz:{tmp_path / 'e.npz'}")
+
+
+def test_npz_bad_shape(tmp_path: Path) -> None:
+    np.savez(tmp_path / "hw.npz", x=np.zeros((10, 28)), y=np.zeros(10, int))
+    with pytest.raises(EdgejpqError, match=r"hw\.npz.*'x'.*\(N, C, L\).*\(N, C, H, W\)"):
+        load_dataset(f"npz:{tmp_path / 'hw.npz'}")
+    np.savez(tmp_path / "fy.npz", x=np.zeros((10, 1, 8)), y=np.zeros(10, np.float32))
+    with pytest.raises(EdgejpqError, match=r"fy\.npz.*'y'.*integer"):
+        load_dataset(f"npz:{tmp_path / 'fy.npz'}")
+    np.savez(tmp_path / "ny.npz", x=np.zeros((10, 1, 8)), y=np.zeros(9, int))
+    with pytest.raises(EdgejpqError, match=r"ny\.npz.*'y' holds 9 labels"):
+        load_dataset(f"npz:{tmp_path / 'ny.npz'}")
+
+
+def test_missing_debian_folder_says_apt_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgejpq.data
+
+    monkeypatch.setattr(edgejpq.data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(EdgejpqError, match=r"absent.*apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
+def test_unknown_spec_and_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(EdgejpqError, match=r"cifar.*fashion-mnist.*digits.*npz:PATH"):
+        load_dataset("cifar")
+    with pytest.raises(EdgejpqError, match=r"nowhere"):
+        load_dataset(f"idx:{tmp_path / 'nowhere'}")
+
+
+def test_calibration_subset_seeded() -> None:
+    ds = load_dataset("digits")
+    a = calibration_subset(ds, 32, seed=3)
+    assert a.shape == (32, 1, 8, 8)
+    np.testing.assert_array_equal(a, calibration_subset(ds, 32, seed=3))
+    assert not np.array_equal(a, calibration_subset(ds, 32, seed=4))
+    with pytest.raises(EdgejpqError, match="calibration size"):
+        calibration_subset(ds, 10**6)
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("input_shape", [(1, 28, 28), (1, 8, 8), (3, 16, 16)])
+def test_zoo_forward_and_fx_trace(name: str, input_shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = build_model(f"zoo:{name}", input_shape, 10).eval()
+    x = torch.rand(3, *input_shape)
+    out = model(x)
+    assert out.shape == (3, 10)
+    traced = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(traced(x), out, rtol=0, atol=0)
+
+
+def test_resnet8_param_count_and_shortcuts() -> None:
+    model = build_model("zoo:resnet8", (1, 28, 28), 10)
+    n = sum(p.numel() for p in model.parameters())
+    assert 70_000 <= n <= 85_000
+    strided_1x1 = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(strided_1x1) == 2 and all(m.stride == (2, 2) for m in strided_1x1)
+
+
+def test_cnn_param_count() -> None:
+    n = sum(p.numel() for p in build_model("zoo:cnn", (1, 28, 28), 10).parameters())
+    assert 22_000 <= n <= 26_000
+
+
+def test_zoo_errors(tmp_path: Path) -> None:
+    with pytest.raises(EdgejpqError, match=r"zoo:vgg.*zoo:cnn.*zoo:resnet8.*zoo:mlp"):
+        build_model("zoo:vgg", (1, 28, 28), 10)
+    with pytest.raises(EdgejpqError, match=r"zoo:resnet8 needs a 2-D input"):
+        build_model("zoo:resnet8", (2, 100), 4)
+    assert build_model("zoo:mlp", (2, 100), 4)(torch.zeros(1, 2, 100)).shape == (1, 4)
+    with pytest.raises(EdgejpqError, match=r"nope\.py"):
+        build_model(f"{tmp_path / 'nope.py'}:Net", (1, 8, 8), 10)
+    (tmp_path / "m.py").write_text("import torch\nclass Other(torch.nn.Module):\n    pass\n")
+    with pytest.raises(EdgejpqError, match=r"m\.py has no class 'Net'"):
+        build_model(f"{tmp_path / 'm.py'}:Net", (1, 8, 8), 10)
+    with pytest.raises(EdgejpqError, match=r"unknown model spec"):
+        build_model("resnet8", (1, 8, 8), 10)
+
+
+def test_user_model_file(tmp_path: Path) -> None:
+    (tmp_path / "mymodel.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, in_channels, num_classes, width=4):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(in_channels, width, 3)\n"
+        "        self.pool = torch.nn.AdaptiveAvgPool2d(1)\n"
+        "        self.fc = torch.nn.Linear(width, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))\n"
+        "class Fixed(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.flatten(x, 1))\n"
+    )
+    net = build_model(f"{tmp_path / 'mymodel.py'}:Net", (3, 8, 8), 7)
+    assert net(torch.zeros(2, 3, 8, 8)).shape == (2, 7)
+    fixed = build_model(f"{tmp_path / 'mymodel.py'}:Fixed", (1, 8, 8), 10)
+    assert fixed(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# training and checkpoints
+
+
+@pytest.mark.slow
+def test_train_cnn_one_epoch_fashion_subset(fashion: Dataset) -> None:
+    sub = Dataset("fashion-6k", fashion.x_train[:6000], fashion.y_train[:6000], fashion.x_test, fashion.y_test, 10)
+    model = build_model("zoo:cnn", sub.input_shape, sub.num_classes)
+    seen: list[tuple[int, float, float]] = []
+    history = train_float(model, sub, epochs=1, lr=1e-2, batch_size=32, seed=0,
+                          on_epoch=lambda e, loss, acc: seen.append((e, loss, acc)))
+    assert len(history) == 1 and history[0]["epoch"] == 1
+    assert seen == [(1, history[0]["train_loss"], history[0]["test_accuracy"])]
+    assert history[0]["test_accuracy"] > 0.60
+    assert evaluate(model, sub.x_test, sub.y_test) == history[0]["test_accuracy"]
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    ds = load_dataset("digits")
+    model = build_model("zoo:resnet8", ds.input_shape, ds.num_classes)
+    history = train_float(model, ds, epochs=1, batch_size=256)
+    path = tmp_path / "ckpt" / "float.pt"
+    save_float_checkpoint(path, model, model_spec="zoo:resnet8", data_spec="digits",
+                          input_shape=ds.input_shape, num_classes=ds.num_classes, history=history)
+    assert [p.name for p in path.parent.iterdir()] == ["float.pt"]  # no temporary file left behind
+    loaded, meta = load_float_checkpoint(path)
+    assert meta["model_spec"] == "zoo:resnet8" and meta["data_spec"] == "digits"
+    assert meta["input_shape"] == (1, 8, 8) and meta["num_classes"] == 10 and meta["history"] == history
+    model.eval()
+    x = torch.from_numpy(ds.x_test)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_checkpoint_wrong_format_refused(tmp_path: Path) -> None:
+    model = build_model("zoo:mlp", (1, 8, 8), 10)
+    path = tmp_path / "c.pt"
+    save_float_checkpoint(path, model, model_spec="zoo:mlp", data_spec="digits",
+                          input_shape=(1, 8, 8), num_classes=10, history=[])
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["format"] = "something.else"
+    torch.save(ckpt, path)
+    with pytest.raises(EdgejpqError, match=r"c\.pt.*'format'.*something\.else"):
+        load_float_checkpoint(path)
+    ckpt["format"] = "edgejpq.float_checkpoint"
+    ckpt["schema_version"] = 99
+    torch.save(ckpt, path)
+    with pytest.raises(EdgejpqError, match=r"c\.pt.*'schema_version'.*99"):
+        load_float_checkpoint(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgejpqError, match=r"c\.pt"):
+        load_float_checkpoint(path)
