@@ -1,0 +1,328 @@
+"""The `edgejpq` command line: train, export, generate, emulate, inspect.
+
+Conventions for every command: examples in --help; progress bars for long work; a short
+summary table at the end; `--json` prints a machine-readable summary as the last line of
+stdout; a user error prints one line `error: ...` (no traceback) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgejpq import __version__
+from edgejpq.errors import EdgejpqError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="edgejpq: pruning + mixed-precision quantization of PyTorch models into bit-exact C for microcontrollers.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn an EdgejpqError (or a missing file) into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EdgejpqError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def _summary(title: str, rows: list[tuple[str, Any]], as_json: bool, payload: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    if as_json:
+        print(json.dumps(payload, sort_keys=True))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.reshape(len(labels), -1).argmax(axis=1) == labels).mean())
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line of stdout.")]
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command(epilog="Example: `edgejpq train --model zoo:resnet8 --data fashion-mnist --epochs 6 -o float.pt`")
+@user_errors
+def train(
+    model: Annotated[str, typer.Option(help="zoo:cnn | zoo:resnet8 | zoo:mlp | path/to/file.py:ClassName")],
+    data: Annotated[str, typer.Option(help="fashion-mnist | digits | npz:PATH | idx:FOLDER")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Float checkpoint to write (.pt).")],
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule).")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the float model (Adam, cosine schedule) and save a checkpoint `export` accepts."""
+    from edgejpq.data import load_dataset
+    from edgejpq.train import save_float_checkpoint, train_float
+    from edgejpq.zoo import build_model
+
+    _check_output_folder(output)
+    ds = load_dataset(data)
+    net = build_model(model, ds.input_shape, ds.num_classes)
+    params = sum(p.numel() for p in net.parameters())
+    start = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task(f"training {model} on {ds.name}", total=epochs)
+
+        def on_epoch(epoch: int, loss: float, acc: float) -> None:
+            progress.update(task, advance=1, description=f"epoch {epoch} loss {loss:.4f} test {100 * acc:.2f}%")
+
+        history = train_float(net, ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    save_float_checkpoint(output, net, model_spec=model, data_spec=data, input_shape=ds.input_shape,
+                          num_classes=ds.num_classes, history=history)
+    acc = float(history[-1]["test_accuracy"])
+    _summary(f"edgejpq train → {output}", [("model", model), ("parameters", params), ("data", ds.name),
+                                           ("epochs", epochs), ("test accuracy", _pct(acc)),
+                                           ("wall time", f"{seconds:.1f} s")], as_json,
+             {"model": model, "data": data, "parameters": params, "epochs": epochs, "test_accuracy": acc,
+              "seconds": round(seconds, 2), "output": str(output)})
+
+
+def _check_output_folder(path: Path) -> None:
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise EdgejpqError(f"{path}: output folder {folder} does not exist")
+    import os
+
+    if not os.access(folder, os.W_OK):
+        raise EdgejpqError(f"{path}: output folder {folder} is not writable")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _load_model_for_data(model_spec: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, str]:
+    """A trained checkpoint (.pt) or a model spec (untrained: useful only to exercise the pipeline)."""
+    from edgejpq.train import load_float_checkpoint
+    from edgejpq.zoo import build_model
+
+    if model_spec.endswith(".pt"):
+        net, meta = load_float_checkpoint(model_spec)
+        if tuple(meta["input_shape"]) != tuple(input_shape) or int(meta["num_classes"]) != num_classes:
+            raise EdgejpqError(f"{model_spec}: trained for inputs {tuple(meta['input_shape'])} with "
+                               f"{meta['num_classes']} classes, but the data has {tuple(input_shape)} and {num_classes}")
+        return net, str(meta.get("model_spec", model_spec))
+    return build_model(model_spec, input_shape, num_classes), model_spec
+
+
+@app.command(epilog="Examples: `edgejpq export --model float.pt --plan uniform:8 --data fashion-mnist -o model.ejq`; "
+                    "`edgejpq export --model float.pt --plan runs/a/plan.json --data digits -o m.ejq`")
+@user_errors
+def export(
+    model: Annotated[str, typer.Option(help="Float checkpoint from `edgejpq train` (.pt), or a model spec.")],
+    plan: Annotated[str, typer.Option(help="plan.json, or uniform:8 | uniform:4 | uniform:2")],
+    data: Annotated[str, typer.Option(help="Data set for calibration and evaluation.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="QuantizedModel file to write (.ejq).")],
+    calibration: Annotated[int, typer.Option(min=1, help="Training samples used to calibrate ranges.")] = 1000,
+    eval_limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate on the first N test samples.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name (C prefix); default: the output file's stem.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Post-training quantization: fold batch norm, calibrate, quantize per the plan, write `.ejq`."""
+    from edgejpq.artifact import save_model
+    from edgejpq.data import calibration_subset, load_dataset
+    from edgejpq.graph import build_float_graph
+    from edgejpq.plan import load_plan
+    from edgejpq.quant.integerize import export_model, integer_logits, predict_float
+
+    _check_output_folder(output)
+    ds = load_dataset(data)
+    net, model_spec = _load_model_for_data(model, ds.input_shape, ds.num_classes)
+    graph = build_float_graph(net, ds.input_shape)
+    precision = load_plan(plan, graph)
+    calib = calibration_subset(ds, min(calibration, len(ds.x_train)))
+    qmodel, state = export_model(graph, precision, calib, name=name or output.stem,
+                                 provenance={"model_spec": model_spec, "data": data, "plan": plan})
+    content_hash = save_model(qmodel, output)
+    n = len(ds.x_test) if eval_limit is None else min(eval_limit, len(ds.x_test))
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    acc_float = _accuracy(predict_float(graph, x), y)
+    acc_fake = _accuracy(predict_float(graph, x, state=state), y)
+    acc_int = _accuracy(integer_logits(qmodel, x), y)
+    _summary(f"edgejpq export → {output}", [
+        ("model", model_spec), ("plan", plan), ("layers", len(qmodel.ops)),
+        ("weight bytes (packed)", qmodel.weight_bytes), ("constant bytes", qmodel.constant_bytes),
+        ("arena bytes", f"{qmodel.layout.arena_bytes} (lower bound {qmodel.layout.lower_bound})"),
+        (f"accuracy float / fake-quant / integer (n={n})", f"{_pct(acc_float)} / {_pct(acc_fake)} / {_pct(acc_int)}"),
+        ("hash", content_hash[:16])], as_json,
+        {"output": str(output), "hash": content_hash, "weight_bytes": qmodel.weight_bytes,
+         "arena_bytes": qmodel.layout.arena_bytes, "samples": n, "accuracy_float": acc_float,
+         "accuracy_fake_quant": acc_fake, "accuracy_integer": acc_int})
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@app.command(epilog="Example: `edgejpq generate model.ejq -o firmware/`: then `make -C firmware test`")
+@user_errors
+def generate(
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the C sources into.")],
+    name: Annotated[Optional[str], typer.Option(help="C prefix; default: the model's name.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Emit the C sources: model, packed weights, the kernels used, Makefile, CMake fragment, golden test."""
+    from codegen.generate import generate_sources
+    from edgejpq.artifact import load_model
+
+    qmodel = load_model(model_file)
+    result = generate_sources(qmodel, output, name=name)
+    files = [Path(f).name for f in result.files]
+    _summary(f"edgejpq generate → {output}", [
+        ("name", result.name), ("files", len(files)), ("weight bytes", qmodel.weight_bytes),
+        ("arena bytes", qmodel.layout.arena_bytes), ("model hash", qmodel.short_hash),
+        ("check it", f"make -C {output} test")], as_json,
+        {"output": str(output), "name": result.name, "files": files, "weight_bytes": qmodel.weight_bytes,
+         "arena_bytes": qmodel.layout.arena_bytes, "hash": qmodel.content_hash})
+
+
+# --------------------------------------------------------------------------- emulate
+
+
+@app.command(epilog="Example: `edgejpq emulate model.ejq --data fashion-mnist --limit 1000 --json`")
+@user_errors
+def emulate(
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file.")],
+    data: Annotated[str, typer.Option(help="Labelled data set; its test split is streamed through the C build.")],
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N test samples.")] = None,
+    save_outputs: Annotated[Optional[Path], typer.Option(help="Save the C path's raw int8 outputs (.npy).")] = None,
+    sanitize: Annotated[bool, typer.Option(help="Build with -fsanitize=address,undefined.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(help="Keep the generated sources and runner here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the generated C with the host compiler, stream the data through it, compare every byte."""
+    from edgejpq.artifact import load_model
+    from edgejpq.data import load_dataset
+    from edgejpq.emulate.host import emulate_host
+    from edgejpq.quant.integerize import quantize_input
+
+    qmodel = load_model(model_file)
+    if save_outputs is not None:
+        _check_output_folder(save_outputs)
+    ds = load_dataset(data)
+    n = len(ds.x_test) if limit is None else min(limit, len(ds.x_test))
+    inputs = quantize_input(qmodel, ds.x_test[:n])
+    labels = ds.y_test[:n]
+    with tempfile.TemporaryDirectory(prefix="edgejpq-emulate-") as tmp:
+        folder = workdir if workdir is not None else Path(tmp)
+        with _progress() as progress:
+            task = progress.add_task("host C inference", total=n)
+            result = emulate_host(qmodel, inputs, folder, sanitize=sanitize,
+                                  on_progress=lambda done: progress.update(task, completed=done))
+    if save_outputs is not None:
+        from edgejpq.artifact import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.save(buffer, result.outputs)
+        atomic_write_bytes(save_outputs, buffer.getvalue())
+    accuracy = _accuracy(result.outputs, labels)
+    mismatch = None if result.mismatch is None else str(result.mismatch)
+    rows = [("model", f"{qmodel.name} ({qmodel.short_hash})"), ("samples", n),
+            ("bit-exact vs reference", "yes" if result.bit_exact else f"NO: {mismatch}"),
+            ("accuracy (C path)", _pct(accuracy)), ("weight bytes", qmodel.weight_bytes),
+            ("arena bytes", qmodel.layout.arena_bytes),
+            ("throughput", f"{n / max(result.run_seconds, 1e-9):.0f} inferences/s (host)")]
+    _summary(f"edgejpq emulate (host gcc{', sanitizers' if sanitize else ''})", rows, as_json,
+             {"bit_exact": result.bit_exact, "samples": n, "accuracy": accuracy,
+              "arena_bytes": qmodel.layout.arena_bytes, "weight_bytes": qmodel.weight_bytes,
+              "hash": qmodel.content_hash, "mismatch": mismatch,
+              "inferences_per_second": n / max(result.run_seconds, 1e-9)})
+    if not result.bit_exact:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@app.command(epilog="Example: `edgejpq inspect model.ejq`")
+@user_errors
+def inspect(
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a `.ejq` file and print its layers: shapes, bit-widths, bytes, arena placement."""
+    from edgejpq.artifact import WEIGHTED_OPS, load_model
+
+    qmodel = load_model(model_file)
+    table = Table(title=f"{qmodel.name} ({qmodel.short_hash})")
+    for col in ("op", "kind", "output shape", "bits (channels)", "weight bytes", "arena offset"):
+        table.add_column(col)
+    layers = []
+    for op in qmodel.ops:
+        out = qmodel.tensors[op.output]
+        bits = ""
+        wbytes = 0
+        if isinstance(op, WEIGHTED_OPS):
+            bits = " ".join(f"w{r.bits}×{r.count}" for r in op.runs)
+            wbytes = int(qmodel.arrays[f"{op.name}.weights"].size)
+        place = qmodel.layout.placements[op.output]
+        table.add_row(op.name, op.kind, "×".join(map(str, out.shape)), bits, str(wbytes) if wbytes else "",
+                      str(place.offset) if place.region == "arena" else place.region)
+        layers.append({"op": op.name, "kind": op.kind, "shape": list(out.shape), "bits": bits,
+                       "weight_bytes": wbytes})
+    console.print(table)
+    _summary("totals", [("weight bytes", qmodel.weight_bytes), ("constant bytes", qmodel.constant_bytes),
+                        ("arena bytes", qmodel.layout.arena_bytes), ("hash", qmodel.content_hash)], as_json,
+             {"layers": layers, "weight_bytes": qmodel.weight_bytes, "arena_bytes": qmodel.layout.arena_bytes,
+              "hash": qmodel.content_hash})
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        print(f"edgejpq {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
