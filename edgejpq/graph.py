@@ -382,11 +382,14 @@ def _pool_from_module(node: fx.Node, module: nn.Module, modules: dict[str, nn.Mo
                                f"pooling) is supported, got {size}")
         return PoolLayer(node.name, src, node.name, "avg", tuple(spatial), tuple(spatial), (0, 0, 0, 0), True)
     one_d = isinstance(module, (nn.MaxPool1d, nn.AvgPool1d))
-    def dims(value: Any) -> tuple[int, int]:
-        return (1, int(value[0] if isinstance(value, (tuple, list)) else value)) if one_d else _pair(value)
+
+    def dims(value: Any, height: int = 1) -> tuple[int, int]:
+        """A 1-D pool runs over a 1×L plane: height `height` (1 for kernel/stride, 0 for padding)."""
+        return (height, int(value[0] if isinstance(value, (tuple, list)) else value)) if one_d else _pair(value)
+
     kernel = dims(module.kernel_size)
     stride = dims(module.stride if module.stride is not None else module.kernel_size)
-    pad = dims(module.padding)
+    pad = dims(module.padding, height=0)
     if getattr(module, "ceil_mode", False):
         raise EdgejpqError(f"{_describe(node, modules)}: ceil_mode=True is not supported")
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)):

@@ -327,11 +327,14 @@ def _integerize_weighted(graph: FloatGraph, layer: WeightedLayer, state: QuantSt
     bits = np.array(state.plan.layers[layer.name].bits)
     in_list = channels[layer.input]
     if layer.depthwise:
-        bad = [c for c in np.flatnonzero(bits) if c not in set(in_list.tolist())]
+        kept_in = set(in_list.tolist())
+        bad = [c for c in range(len(bits)) if bool(bits[c]) != (c in kept_in)]
         if bad:
-            raise EdgejpqError(f"depthwise layer {layer.name}: keeps channel {bad[0]} whose input channel is pruned "
-                               "upstream; a depthwise layer's channels are pruned together with its input's")
-        out_list = np.array([c for c in in_list if bits[c]])
+            state_word = "keeps" if bits[bad[0]] else "prunes"
+            raise EdgejpqError(f"depthwise layer {layer.name}: {state_word} channel {bad[0]} but its input "
+                               f"{layer.input} does the opposite; a depthwise layer's channels are pruned exactly "
+                               "together with its input's (one channel group)")
+        out_list = in_list
     else:
         kept = np.flatnonzero(bits)
         if _absorbs_permutation(graph, layer.output):
