@@ -1,0 +1,80 @@
+/*
+ * Helpers shared by the portable kernels: window bounds and inner products over packed rows.
+ *
+ * `bits` is a compile-time constant at every call site (each kernel file instantiates one
+ * bit-width), so after inlining the compiler keeps only one branch: no per-element branching
+ * on the bit-width, and sub-byte weights are unpacked on the fly, a whole byte at a time.
+ */
+#ifndef EJQ_PORTABLE_H
+#define EJQ_PORTABLE_H
+
+#include <stdint.h>
+
+/* [lo, hi) of kernel taps along one axis that fall inside the input, for window origin `origin`. */
+static inline void ejq_tap_range(int32_t origin, int32_t size, int32_t kernel, int32_t *lo, int32_t *hi)
+{
+    *lo = origin < 0 ? -origin : 0;
+    *hi = size - origin < kernel ? size - origin : kernel;
+    if (*hi < *lo) {
+        *hi = *lo;
+    }
+}
+
+/* Sign-extend the low `bits` bits of v (two's complement), without implementation-defined casts. */
+static inline int32_t ejq_sign_extend(uint32_t v, uint32_t bits)
+{
+    const uint32_t sign = 1u << (bits - 1u);
+    return (int32_t)(v ^ sign) - (int32_t)sign;
+}
+
+/* Weight j of a packed row. */
+static inline int32_t ejq_weight_at(const uint8_t *row, uint32_t j, uint32_t bits)
+{
+    const uint32_t per_byte = 8u / bits;
+    const uint32_t field = (uint32_t)row[j / per_byte] >> ((j % per_byte) * bits);
+    return ejq_sign_extend(field & ((1u << bits) - 1u), bits);
+}
+
+/*
+ * sum over i < n of weight(row, j + i) * (x[i] + x_offset).
+ * Partial sums stay within the bound the exporter proves (edgejpq.artifact.accumulator_bound).
+ */
+static inline int32_t ejq_dot(const uint8_t *row, uint32_t j, const int8_t *x, uint32_t n, int32_t x_offset,
+                              uint32_t bits)
+{
+    int32_t acc = 0;
+    uint32_t i = 0;
+    if (bits == 8u) {
+        const uint8_t *w = row + j;
+        for (; i < n; ++i) {
+            acc += ejq_sign_extend(w[i], 8u) * ((int32_t)x[i] + x_offset);
+        }
+        return acc;
+    }
+    {
+        const uint32_t per_byte = 8u / bits;
+        const uint32_t mask = (1u << bits) - 1u;
+        const uint8_t *w;
+        /* leading weights up to a byte boundary */
+        for (; i < n && (j + i) % per_byte != 0u; ++i) {
+            acc += ejq_weight_at(row, j + i, bits) * ((int32_t)x[i] + x_offset);
+        }
+        /* whole bytes */
+        w = row + (j + i) / per_byte;
+        for (; i + per_byte <= n; i += per_byte, ++w) {
+            const uint32_t packed = *w;
+            uint32_t k;
+            for (k = 0; k < per_byte; ++k) {
+                const int32_t weight = ejq_sign_extend((packed >> (k * bits)) & mask, bits);
+                acc += weight * ((int32_t)x[i + k] + x_offset);
+            }
+        }
+        /* trailing weights */
+        for (; i < n; ++i) {
+            acc += ejq_weight_at(row, j + i, bits) * ((int32_t)x[i] + x_offset);
+        }
+    }
+    return acc;
+}
+
+#endif /* EJQ_PORTABLE_H */
