@@ -1,0 +1,3 @@
+from edgejpq.cli import main
+
+main()
