@@ -36,6 +36,7 @@ class ModelBuilder:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     ops: list = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    clamps: bool = True  # False: every activation clamp is the full int8 range
 
     # ----------------------------------------------------------------- tensors
 
@@ -57,7 +58,7 @@ class ModelBuilder:
     def _act(self, out: str) -> tuple[int, int]:
         zp = self.tensors[out].zero_point
         roll = self.rng.random()
-        if roll < 0.6:
+        if roll < 0.6 or not self.clamps:
             return -128, 127
         if roll < 0.8:
             return zp, 127  # ReLU
@@ -153,8 +154,9 @@ class ModelBuilder:
         return out
 
     def add(self, a: str, b: str, *, extreme: bool = False) -> str:
-        out = self.tensor(self.shape(a))
-        sa, sb, so = (self.tensors[t].scale for t in (a, b, out))
+        sa, sb = self.tensors[a].scale, self.tensors[b].scale
+        out = self.tensor(self.shape(a), scale=max(sa, sb) * float(self.rng.uniform(1.0, 2.0)))
+        so = self.tensors[out].scale
         if extreme:
             left_shift = int(self.rng.integers(21, 25))
             (ma, sha), (mb, shb) = [(int(self.rng.integers(1 << 30, 1 << 31)), int(self.rng.integers(-2, 3)))
@@ -173,7 +175,9 @@ class ModelBuilder:
     def concat(self, inputs: list[str], copy_first: bool = True) -> str:
         h, w, _ = self.shape(inputs[0])
         first = self.tensors[inputs[0]]
-        scale, zp = (first.scale, first.zero_point) if copy_first else (None, None)
+        widest = max(self.tensors[t].scale for t in inputs)
+        scale, zp = ((first.scale, first.zero_point) if copy_first
+                     else (widest * float(self.rng.uniform(0.8, 1.5)), None))
         out = self.tensor((h, w, sum(self.shape(t)[2] for t in inputs)), scale, zp)
         so, zo = self.tensors[out].scale, self.tensors[out].zero_point
         requant = []
@@ -285,7 +289,7 @@ def random_model(seed: int, max_ops: int = 8) -> QuantizedModel:
 def coverage_model(seed: int = 1234) -> QuantizedModel:
     """One model holding every op kind at every weight bit-width (each weighted layer mixes 8/4/2)."""
     rng = np.random.default_rng(seed)
-    b = ModelBuilder(rng, "coverage")
+    b = ModelBuilder(rng, "coverage", clamps=False)
     x = b.tensor((7, 6, 3))
     c1 = b.conv(x, 7, (3, 3), (2, 1), (1, 1, 0, 2), bits=(2, 8, 4))            # 4x6x7
     d1 = b.conv(c1, 7, (3, 2), (1, 1), (1, 1, 1, 0), depthwise=True, bits=(4, 2, 8))
