@@ -16,14 +16,19 @@ from codegen import literals
 def c_designated(value: Any) -> str:
     """A dataclass as the body of a C designated initializer: `.field = value, ...`.
 
-    Integers become C int literals; strings are C expressions (pointers, NULL) written as they are.
+    Integers become C int literals; strings are C expressions (pointers, NULL) written as they are;
+    a nested dataclass becomes a nested initializer.
     """
     if not is_dataclass(value):
         raise TypeError(f"c_designated needs a dataclass instance, got {type(value).__name__}")
     parts = []
     for f in fields(value):
         item = getattr(value, f.name)
-        parts.append(f".{f.name} = {item if isinstance(item, str) else literals.c_int(int(item))}")
+        if is_dataclass(item):
+            text = "{ " + c_designated(item) + " }"
+        else:
+            text = item if isinstance(item, str) else literals.c_int(int(item))
+        parts.append(f".{f.name} = {text}")
     return ", ".join(parts)
 
 

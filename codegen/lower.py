@@ -12,7 +12,7 @@ renamed on one side only fails to compile in every host test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
@@ -31,8 +31,8 @@ KERNEL_SOURCES: dict[str, str] = {
     **{f"ejq_conv2d_s8_w{b}": f"ejq_conv2d_w{b}.c" for b in (8, 4, 2)},
     **{f"ejq_dwconv2d_s8_w{b}": f"ejq_dwconv2d_w{b}.c" for b in (8, 4, 2)},
     **{f"ejq_fc_s8_w{b}": f"ejq_fc_w{b}.c" for b in (8, 4, 2)},
-    "ejq_maxpool_s8": "ejq_maxpool.c",
-    "ejq_avgpool_s8": "ejq_avgpool.c",
+    "ejq_maxpool_s8": "ejq_pool.c",
+    "ejq_avgpool_s8": "ejq_pool.c",
     "ejq_add_s8": "ejq_add.c",
     "ejq_concat_copy_s8": "ejq_concat.c",
     "ejq_concat_requant_s8": "ejq_concat.c",
@@ -60,21 +60,28 @@ class WeightRunStruct:
 
 
 @dataclass(frozen=True)
-class ConvStruct:
-    """ejq_conv_params."""
+class WindowGeometry:
+    """ejq_window_geometry."""
 
     in_h: int
     in_w: int
-    in_c: int
     out_h: int
     out_w: int
-    out_c: int
     kernel_h: int
     kernel_w: int
     stride_h: int
     stride_w: int
     pad_top: int
     pad_left: int
+
+
+@dataclass(frozen=True)
+class ConvStruct:
+    """ejq_conv_params."""
+
+    geometry: WindowGeometry
+    in_c: int
+    out_c: int
     input_offset: int
     output_offset: int
     act_min: int
@@ -97,17 +104,8 @@ class FcStruct:
 class PoolStruct:
     """ejq_pool_params."""
 
-    in_h: int
-    in_w: int
+    geometry: WindowGeometry
     channels: int
-    out_h: int
-    out_w: int
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_top: int
-    pad_left: int
     act_min: int
     act_max: int
 
@@ -145,12 +143,7 @@ class ConcatStruct:
     shift: int
 
 
-StructValue = Union[WeightRunStruct, ConvStruct, FcStruct, PoolStruct, AddStruct, ConcatStruct]
-
-
-def struct_fields(value: StructValue) -> tuple[tuple[str, CValue], ...]:
-    """(C field name, value) pairs of a parameter struct, in declaration order."""
-    return tuple((f.name, getattr(value, f.name)) for f in fields(value))
+StructValue = Union[WeightRunStruct, WindowGeometry, ConvStruct, FcStruct, PoolStruct, AddStruct, ConcatStruct]
 
 
 # --------------------------------------------------------------------------- context types
@@ -288,6 +281,13 @@ class _Lowering:
     def u16(self, value: int, op_name: str, what: str) -> int:
         return _check_range(int(value), 16, f"layer {op_name}: {what}")
 
+    def geometry(self, op: Conv2D | Pool) -> WindowGeometry:
+        (in_h, in_w, _), (out_h, out_w, _) = self.model.tensors[op.input].shape, self.model.tensors[op.output].shape
+        values = {"in_h": in_h, "in_w": in_w, "out_h": out_h, "out_w": out_w, "kernel_h": op.kernel[0],
+                  "kernel_w": op.kernel[1], "stride_h": op.stride[0], "stride_w": op.stride[1],
+                  "pad_top": op.padding[0], "pad_left": op.padding[2]}
+        return WindowGeometry(**{key: self.u16(value, op.name, key.replace("_", " ")) for key, value in values.items()})
+
     # ----------------------------------------------------------------- weighted ops
 
     def _const(self, symbol: str, ctype: str, values: np.ndarray, comment: str) -> str:
@@ -326,19 +326,10 @@ class _Lowering:
         out = self.written(op.name, op.output)
         in_ptr = self.refs[op.input].pointer
         if isinstance(op, Conv2D):
-            (top, _, left, _) = op.padding
             params = ConvStruct(
-                in_h=self.u16(inp.shape[0], op.name, "input height"),
-                in_w=self.u16(inp.shape[1], op.name, "input width"),
+                geometry=self.geometry(op),
                 in_c=self.u16(inp.shape[2], op.name, "input channels"),
-                out_h=self.u16(out.shape[0], op.name, "output height"),
-                out_w=self.u16(out.shape[1], op.name, "output width"),
                 out_c=self.u16(out.shape[2], op.name, "output channels"),
-                kernel_h=self.u16(op.kernel[0], op.name, "kernel height"),
-                kernel_w=self.u16(op.kernel[1], op.name, "kernel width"),
-                stride_h=self.u16(op.stride[0], op.name, "stride"),
-                stride_w=self.u16(op.stride[1], op.name, "stride"),
-                pad_top=self.u16(top, op.name, "padding"), pad_left=self.u16(left, op.name, "padding"),
                 input_offset=-inp.zero_point, output_offset=model.tensors[op.output].zero_point,
                 act_min=op.act_min, act_max=op.act_max)
             block = ParamBlock("ejq_conv_params", f"{prefix}_params", (params,), is_array=False)
@@ -365,15 +356,8 @@ class _Lowering:
     def pool(self, index: int, op: Pool) -> Step:
         inp = self.model.tensors[op.input]
         out = self.written(op.name, op.output)
-        params = PoolStruct(
-            in_h=self.u16(inp.shape[0], op.name, "input height"), in_w=self.u16(inp.shape[1], op.name, "input width"),
-            channels=self.u16(inp.shape[2], op.name, "channels"),
-            out_h=self.u16(out.shape[0], op.name, "output height"), out_w=self.u16(out.shape[1], op.name, "output width"),
-            kernel_h=self.u16(op.kernel[0], op.name, "kernel height"),
-            kernel_w=self.u16(op.kernel[1], op.name, "kernel width"),
-            stride_h=self.u16(op.stride[0], op.name, "stride"), stride_w=self.u16(op.stride[1], op.name, "stride"),
-            pad_top=self.u16(op.padding[0], op.name, "padding"), pad_left=self.u16(op.padding[2], op.name, "padding"),
-            act_min=op.act_min, act_max=op.act_max)
+        params = PoolStruct(geometry=self.geometry(op), channels=self.u16(inp.shape[2], op.name, "channels"),
+                            act_min=op.act_min, act_max=op.act_max)
         block = ParamBlock("ejq_pool_params", f"{self.name}_l{index}_{c_identifier(op.name)}_params", (params,), False)
         call = KernelCall(f"ejq_{op.mode}pool_s8", (f"&{block.symbol}", self.refs[op.input].pointer, out.pointer))
         summary = (f"{op.mode} pool {op.kernel[0]}x{op.kernel[1]} stride {op.stride[0]}x{op.stride[1]} "

@@ -36,13 +36,19 @@ typedef struct {
                                     fully connected layers, NULL for convolutions */
 } ejq_weight_run;
 
-/* Convolution and depthwise convolution (depth multiplier 1) geometry. */
+/* Where the sliding windows of a convolution or pooling fall on the input plane. */
 typedef struct {
-    uint16_t in_h, in_w, in_c;
-    uint16_t out_h, out_w, out_c;
+    uint16_t in_h, in_w;
+    uint16_t out_h, out_w;
     uint16_t kernel_h, kernel_w;
     uint16_t stride_h, stride_w;
     uint16_t pad_top, pad_left;  /* bottom/right padding follows from the output size */
+} ejq_window_geometry;
+
+/* Convolution and depthwise convolution (depth multiplier 1: in_c == out_c). */
+typedef struct {
+    ejq_window_geometry geometry;
+    uint16_t in_c, out_c;
     int32_t input_offset;        /* -input zero point */
     int32_t output_offset;       /* +output zero point */
     int32_t act_min, act_max;    /* output clamp, within [-128, 127] */
@@ -59,11 +65,8 @@ typedef struct {
 
 /* Max / average pooling; average divides by the count of in-bounds elements. */
 typedef struct {
-    uint16_t in_h, in_w, channels;
-    uint16_t out_h, out_w;
-    uint16_t kernel_h, kernel_w;
-    uint16_t stride_h, stride_w;
-    uint16_t pad_top, pad_left;
+    ejq_window_geometry geometry;
+    uint16_t channels;
     int32_t act_min, act_max;
 } ejq_pool_params;
 

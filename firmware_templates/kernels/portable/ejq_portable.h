@@ -10,6 +10,15 @@
 
 #include <stdint.h>
 
+#include "ejq_kernels.h"
+
+/* One output pixel's window: its origin on the input and the [lo, hi) kernel taps inside the input. */
+typedef struct {
+    int32_t y0, x0;
+    int32_t ky_lo, ky_hi;
+    int32_t kx_lo, kx_hi;
+} ejq_window;
+
 /* [lo, hi) of kernel taps along one axis that fall inside the input, for window origin `origin`. */
 static inline void ejq_tap_range(int32_t origin, int32_t size, int32_t kernel, int32_t *lo, int32_t *hi)
 {
@@ -18,6 +27,16 @@ static inline void ejq_tap_range(int32_t origin, int32_t size, int32_t kernel, i
     if (*hi < *lo) {
         *hi = *lo;
     }
+}
+
+static inline ejq_window ejq_window_at(const ejq_window_geometry *g, int32_t oy, int32_t ox)
+{
+    ejq_window w;
+    w.y0 = oy * (int32_t)g->stride_h - (int32_t)g->pad_top;
+    w.x0 = ox * (int32_t)g->stride_w - (int32_t)g->pad_left;
+    ejq_tap_range(w.y0, g->in_h, g->kernel_h, &w.ky_lo, &w.ky_hi);
+    ejq_tap_range(w.x0, g->in_w, g->kernel_w, &w.kx_lo, &w.kx_hi);
+    return w;
 }
 
 /* Sign-extend the low `bits` bits of v (two's complement), without implementation-defined casts. */
