@@ -64,7 +64,7 @@ def main() -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=200).print(table)
     print(json.dumps({"benchmark": "host_emulator", "rows": rows}))
 
 
