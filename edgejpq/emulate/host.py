@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -194,22 +195,44 @@ def _run(runner: HostRunner, payload: bytes, expected_bytes: int, args: tuple[st
 
 
 def run_host(runner: HostRunner, inputs: np.ndarray, on_progress: Optional[ProgressCallback] = None,
-             chunk: int = 512) -> np.ndarray:
+             chunk: int = 512, workers: Optional[int] = None) -> np.ndarray:
     """Run the runner on int8 inputs (N, H, W, C); return its outputs (N, output size) int8.
 
-    `on_progress(done)` is called with the number of finished samples every `chunk` samples.
+    Large batches are split into contiguous shards, one runner process each (`workers`, default
+    one per CPU core). `on_progress(done)` is called from the calling thread with the number of
+    finished samples, about every `chunk` samples.
     """
     x = _as_samples(runner, inputs)
     n = len(x)
-    if n == 0:
-        return np.zeros((0, runner.output_size), dtype=np.int8)
     out_bytes = runner.output_size
+    if n == 0:
+        return np.zeros((0, out_bytes), dtype=np.int8)
+    chunk = max(1, chunk)
+    shards = max(1, min(workers or os.cpu_count() or 1, n // chunk))
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    done = [0] * shards  # output bytes received per shard, written by the worker threads
 
-    def progress(done_bytes: int) -> None:
-        if on_progress is not None:
-            on_progress(done_bytes // out_bytes)
+    def shard(i: int) -> bytes:
+        def received(count: int) -> None:
+            done[i] = count
 
-    data = _run(runner, x.tobytes(), n * out_bytes, on_chunk=progress, chunk_bytes=max(1, chunk) * out_bytes)
+        lo, hi = bounds[i], bounds[i + 1]
+        return _run(runner, x[lo:hi].tobytes(), (hi - lo) * out_bytes, on_chunk=received,
+                    chunk_bytes=chunk * out_bytes)
+
+    with ThreadPoolExecutor(shards) as pool:
+        futures = [pool.submit(shard, i) for i in range(shards)]
+        reported = -1
+        while True:
+            finished = all(f.done() for f in futures)
+            current = sum(done) // out_bytes
+            if on_progress is not None and current != reported:
+                on_progress(current)
+                reported = current
+            if finished:
+                break
+            wait(futures, timeout=0.05, return_when=FIRST_EXCEPTION)
+        data = b"".join(f.result() for f in futures)
     return np.frombuffer(data, dtype=np.int8).reshape(n, out_bytes).copy()
 
 

@@ -18,18 +18,26 @@ static inline void ejq_conv2d_run(const ejq_conv_params *p, const ejq_weight_run
             /* one kernel row's in-bounds taps are contiguous in memory and in the weight row */
             const int32_t span = (w.kx_hi - w.kx_lo) * in_c;
             int8_t *dst = out + ((oy * (int32_t)g->out_w + ox) * (int32_t)p->out_c + (int32_t)run->start);
-            const uint8_t *row = run->weights;
+            const int32_t count = run->count;
             int32_t c;
-            for (c = 0; c < (int32_t)run->count; ++c, row += run->row_bytes) {
-                int32_t acc = run->bias[c];
+            /* output channels in pairs: each input element is read once for two weight rows */
+            for (c = 0; c < count; c += 2) {
+                const int32_t c1 = c + 1 < count ? c + 1 : c;  /* an odd last channel pairs with itself */
+                const uint8_t *row = run->weights + (uint32_t)c * run->row_bytes;
+                const uint8_t *row1 = row + (uint32_t)(c1 - c) * run->row_bytes;
+                int32_t acc[2];
                 int32_t ky;
+                acc[0] = run->bias[c];
+                acc[1] = run->bias[c1];
                 for (ky = w.ky_lo; ky < w.ky_hi && span > 0; ++ky) {
                     const int8_t *src = in + (((w.y0 + ky) * (int32_t)g->in_w + w.x0 + w.kx_lo) * in_c);
                     const uint32_t j = (uint32_t)((ky * (int32_t)g->kernel_w + w.kx_lo) * in_c);
-                    acc += ejq_dot(row, j, src, (uint32_t)span, p->input_offset, bits);
+                    ejq_dot2(row, row1, j, src, (uint32_t)span, p->input_offset, bits, acc);
                 }
-                dst[c] = ejq_requantize_s8(acc, run->multiplier[c], run->shift[c], p->output_offset, p->act_min,
+                dst[c] = ejq_requantize_s8(acc[0], run->multiplier[c], run->shift[c], p->output_offset, p->act_min,
                                            p->act_max);
+                dst[c1] = ejq_requantize_s8(acc[1], run->multiplier[c1], run->shift[c1], p->output_offset,
+                                            p->act_min, p->act_max);
             }
         }
     }

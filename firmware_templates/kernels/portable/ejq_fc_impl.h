@@ -9,13 +9,21 @@
 static inline void ejq_fc_run(const ejq_fc_params *p, const ejq_weight_run *run, const int8_t *in, int8_t *out,
                               uint32_t bits)
 {
-    const uint8_t *row = run->weights;
+    const int32_t count = run->count;
     int32_t c;
-    for (c = 0; c < (int32_t)run->count; ++c, row += run->row_bytes) {
+    /* output channels in pairs: each input element is read once for two weight rows */
+    for (c = 0; c < count; c += 2) {
+        const int32_t c1 = c + 1 < count ? c + 1 : c;  /* an odd last channel pairs with itself */
+        const uint8_t *row = run->weights + (uint32_t)c * run->row_bytes;
+        int32_t acc[2];
         /* sum w * (x + offset) = sum w * x + offset * sum w: the second term is precomputed */
-        const int32_t acc = run->bias[c] + p->input_offset * run->kernel_sum[c] + ejq_dot(row, 0u, in, p->in_size, 0, bits);
-        out[(int32_t)run->start + c] = ejq_requantize_s8(acc, run->multiplier[c], run->shift[c], p->output_offset,
-                                                         p->act_min, p->act_max);
+        acc[0] = run->bias[c] + p->input_offset * run->kernel_sum[c];
+        acc[1] = run->bias[c1] + p->input_offset * run->kernel_sum[c1];
+        ejq_dot2(row, row + (uint32_t)(c1 - c) * run->row_bytes, 0u, in, p->in_size, 0, bits, acc);
+        out[(int32_t)run->start + c] = ejq_requantize_s8(acc[0], run->multiplier[c], run->shift[c],
+                                                         p->output_offset, p->act_min, p->act_max);
+        out[(int32_t)run->start + c1] = ejq_requantize_s8(acc[1], run->multiplier[c1], run->shift[c1],
+                                                          p->output_offset, p->act_min, p->act_max);
     }
 }
 

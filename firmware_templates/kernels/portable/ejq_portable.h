@@ -55,45 +55,55 @@ static inline int32_t ejq_weight_at(const uint8_t *row, uint32_t j, uint32_t bit
 }
 
 /*
- * sum over i < n of weight(row, j + i) * (x[i] + x_offset).
- * Partial sums stay within the bound the exporter proves (edgejpq.artifact.accumulator_bound).
+ * Inner products of two packed rows with the same inputs:
+ *     acc[0] += sum over i < n of weight(row0, j + i) * (x[i] + x_offset), acc[1] likewise for row1.
+ * Each input element is loaded and offset once for two output channels (for an odd last channel,
+ * pass the same row twice). Partial sums stay within the bound the exporter proves
+ * (edgejpq.artifact.accumulator_bound).
  */
-static inline int32_t ejq_dot(const uint8_t *row, uint32_t j, const int8_t *x, uint32_t n, int32_t x_offset,
-                              uint32_t bits)
+static inline void ejq_dot2(const uint8_t *row0, const uint8_t *row1, uint32_t j, const int8_t *x, uint32_t n,
+                            int32_t x_offset, uint32_t bits, int32_t acc[2])
 {
-    int32_t acc = 0;
+    int32_t a0 = 0, a1 = 0;
     uint32_t i = 0;
     if (bits == 8u) {
-        const uint8_t *w = row + j;
+        const uint8_t *w0 = row0 + j;
+        const uint8_t *w1 = row1 + j;
         for (; i < n; ++i) {
-            acc += ejq_sign_extend(w[i], 8u) * ((int32_t)x[i] + x_offset);
+            const int32_t v = (int32_t)x[i] + x_offset;
+            a0 += ejq_sign_extend(w0[i], 8u) * v;
+            a1 += ejq_sign_extend(w1[i], 8u) * v;
         }
-        return acc;
-    }
-    {
+    } else {
         const uint32_t per_byte = 8u / bits;
         const uint32_t mask = (1u << bits) - 1u;
-        const uint8_t *w;
-        /* leading weights up to a byte boundary */
+        const uint8_t *w0;
+        const uint8_t *w1;
         for (; i < n && (j + i) % per_byte != 0u; ++i) {
-            acc += ejq_weight_at(row, j + i, bits) * ((int32_t)x[i] + x_offset);
+            const int32_t v = (int32_t)x[i] + x_offset;
+            a0 += ejq_weight_at(row0, j + i, bits) * v;
+            a1 += ejq_weight_at(row1, j + i, bits) * v;
         }
-        /* whole bytes */
-        w = row + (j + i) / per_byte;
-        for (; i + per_byte <= n; i += per_byte, ++w) {
-            const uint32_t packed = *w;
+        w0 = row0 + (j + i) / per_byte;
+        w1 = row1 + (j + i) / per_byte;
+        for (; i + per_byte <= n; i += per_byte, ++w0, ++w1) {
+            const uint32_t p0 = *w0;
+            const uint32_t p1 = *w1;
             uint32_t k;
             for (k = 0; k < per_byte; ++k) {
-                const int32_t weight = ejq_sign_extend((packed >> (k * bits)) & mask, bits);
-                acc += weight * ((int32_t)x[i + k] + x_offset);
+                const int32_t v = (int32_t)x[i + k] + x_offset;
+                a0 += ejq_sign_extend((p0 >> (k * bits)) & mask, bits) * v;
+                a1 += ejq_sign_extend((p1 >> (k * bits)) & mask, bits) * v;
             }
         }
-        /* trailing weights */
         for (; i < n; ++i) {
-            acc += ejq_weight_at(row, j + i, bits) * ((int32_t)x[i] + x_offset);
+            const int32_t v = (int32_t)x[i] + x_offset;
+            a0 += ejq_weight_at(row0, j + i, bits) * v;
+            a1 += ejq_weight_at(row1, j + i, bits) * v;
         }
     }
-    return acc;
+    acc[0] += a0;
+    acc[1] += a1;
 }
 
 #endif /* EJQ_PORTABLE_H */
