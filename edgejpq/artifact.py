@@ -515,6 +515,10 @@ def _validate_op(where: str, label: str, op: Op, model: QuantizedModel) -> None:
         hw = conv_output_hw(inp[:2], op.kernel, op.stride, op.padding)
         if min(hw) < 1:
             _fail(where, f"{label}: kernel {op.kernel} does not fit input {inp} with padding {op.padding}")
+        top, bottom, left, right = op.padding
+        if isinstance(op, Pool) and (max(top, bottom) >= op.kernel[0] or max(left, right) >= op.kernel[1]):
+            _fail(where, f"{label}: pooling padding {op.padding} must be smaller than the kernel {op.kernel} "
+                         "(a window would hold no input)")
         channels_same = isinstance(op, Pool) or op.depthwise
         if (hw[0], hw[1]) != out[:2] or (channels_same and inp[2] != out[2]):
             _fail(where, f"{label}: output tensor {op.output} has shape {out}, expected {(*hw, out[2])}")

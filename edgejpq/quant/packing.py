@@ -36,6 +36,8 @@ def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"weights out of the {bits}-bit range [{lo}, {hi}]")
     rows, k = values.shape
     per_byte = 8 // bits
+    if rows == 0:
+        return np.zeros((0, row_bytes(k, bits)), dtype=np.uint8)
     padded_k = row_bytes(k, bits) * per_byte
     fields = np.zeros((rows, padded_k), dtype=np.uint8)
     fields[:, :k] = values.astype(np.int64) & ((1 << bits) - 1)
