@@ -108,6 +108,14 @@ def _group_requests(model_tensors: Mapping[str, "TensorInfo"], ops: Sequence["Op
     return groups, requests, regions
 
 
+def arena_buffers(tensors: Mapping[str, "TensorInfo"], ops: Sequence["Op"], model_input: str,
+                  model_output: str) -> list[tuple[tuple[str, ...], int, int]]:
+    """The arena's buffers as (tensors sharing the bytes, first use, last use): what the planner places."""
+    groups, requests, _ = _group_requests(tensors, ops, model_input, model_output)
+    members = groups.members()
+    return [(tuple(members[r.name]), r.first_use, r.last_use) for r in requests]
+
+
 def plan_model_memory(tensors: Mapping[str, "TensorInfo"], ops: Sequence["Op"], model_input: str,
                       model_output: str) -> "MemoryLayout":
     """Place every tensor: the caller's input/output arrays or an offset in the arena."""

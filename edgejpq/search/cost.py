@@ -1,0 +1,107 @@
+"""The differentiable (expected) cost of a SearchableGraph on a target.
+
+Same formulas as edgejpq.cost.model (weighted_cycles, elementwise_cycles, bytes per bit), fed with
+keep probabilities and bit-width probabilities instead of counts:
+  - kept output channels of a layer: the sum of its group's keep probabilities;
+  - kept input channels: the same sum over the groups its input's channels come from (times the
+    H×W features per channel for a Linear after a flatten);
+  - weight bytes: Σ_b (expected channels at b bits) × K × b / 8 (no per-row byte padding);
+  - RAM: the arena lower bound (largest sum of live buffers) with expected channel counts over
+    the buffers the planner places, read from a reference export of the same graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgejpq.artifact import QuantizedModel
+from edgejpq.cost.memory import arena_buffers
+from edgejpq.cost.model import CONSTANT_BYTES_PER_CHANNEL, code_bytes, elementwise_cycles, weighted_cycles
+from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
+from edgejpq.search.space import SearchableGraph
+
+
+@dataclass(frozen=True)
+class ExpectedCost:
+    flash_bytes: torch.Tensor
+    ram_bytes: torch.Tensor
+    cycles: torch.Tensor
+
+
+class CostModel:
+    """Evaluates the expected cost of a SearchableGraph; build once per search."""
+
+    def __init__(self, space: SearchableGraph, target: Any, reference: QuantizedModel) -> None:
+        self.space = space
+        self.target = target
+        graph = space.graph
+        self.code_bytes = code_bytes(reference, target)
+        shapes = graph.shapes
+        self.pixels = {t: (s[1] * s[2] if len(s) == 3 else s[1] if len(s) == 2 else 1) for t, s in shapes.items()}
+        # features per channel: H×W after a flatten (its channels are spread over the features)
+        self.features = {graph.input: 1}
+        for layer in graph.layers:
+            if isinstance(layer, FlattenLayer):
+                self.features[layer.output] = self.pixels[layer.input] * self.features[layer.input]
+            elif isinstance(layer, PoolLayer):
+                self.features[layer.output] = self.features[layer.input]
+            else:
+                self.features[layer.output] = 1
+        self.input_channels = shapes[graph.input][0]
+        self.buffers = arena_buffers(reference.tensors, reference.ops, reference.input, reference.output)
+        self.steps = len(reference.ops)
+
+    def channels(self, tensor: str, keep: list[torch.Tensor]) -> torch.Tensor:
+        """Expected kept channels of a tensor (a concat sums its parts)."""
+        total = torch.zeros(())
+        for group in self.space.groups.tensor_spaces[tensor]:
+            total = total + (self.input_channels if group < 0 else keep[group].sum())
+        return total
+
+    def __call__(self) -> ExpectedCost:
+        space = self.space
+        keep = space.keep_probabilities()
+        probs = space.bit_probabilities()
+        flash = torch.tensor(float(self.code_bytes))
+        cycles = torch.zeros(())
+        for layer in space.graph.layers:
+            out = layer.output
+            if isinstance(layer, WeightedLayer):
+                i = space.index[layer.name]
+                kept_out = keep[space.groups.layer_group[layer.name]]
+                taps = layer.kernel[0] * layer.kernel[1]
+                if layer.depthwise:
+                    k = torch.tensor(float(taps))
+                else:
+                    k = taps * self.channels(layer.input, keep) * self.features[layer.input]
+                by_bits = {bits: (kept_out * probs[i][:, j]).sum() for j, bits in enumerate(space.choices)}
+                kind = ("depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear"
+                        else "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d")
+                kept = kept_out.sum()
+                cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept)
+                flash = flash + sum(count * k * bits / 8.0 for bits, count in by_bits.items())
+                flash = flash + CONSTANT_BYTES_PER_CHANNEL * kept
+            elif isinstance(layer, (PoolLayer, AddLayer, ConcatLayer)):
+                elements = self.pixels[out] * self.channels(out, keep)
+                if isinstance(layer, PoolLayer):
+                    elements = elements * layer.kernel[0] * layer.kernel[1]
+                    kind = "pool"
+                else:
+                    kind = "add" if isinstance(layer, AddLayer) else "concat"
+                cycles = cycles + elementwise_cycles(self.target, kind, elements)
+        return ExpectedCost(flash_bytes=flash, ram_bytes=self._arena(keep), cycles=cycles)
+
+    def _arena(self, keep: list[torch.Tensor]) -> torch.Tensor:
+        sizes = [torch.stack([self.pixels[t] * self.channels(t, keep) * self.features[t] for t in members]).max()
+                 for members, _, _ in self.buffers]
+        if not sizes:
+            return torch.zeros(())
+        live = []
+        for step in range(-1, self.steps + 1):
+            at_step = [size for size, (_, first, last) in zip(sizes, self.buffers) if first <= step <= last]
+            if at_step:
+                live.append(torch.stack(at_step).sum())
+        return torch.stack(live).max()

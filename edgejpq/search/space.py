@@ -1,0 +1,269 @@
+"""The searchable model: the BN-folded float graph with per-channel pruning and precision choices.
+
+Why the folded graph: with batch norm after a conv, shrinking a channel's weights toward zero is
+undone by the normalization (shared/TOOLCHAIN.md), so "pruning" must really remove the channel.
+Training the exporter's own FloatGraph (batch norm already folded, activations fused) makes the
+gate the last word on a channel, and what is trained is, layer for layer, what `integerize`
+turns into the integer model.
+
+Choices, per channel:
+  - keep or prune: one logit per channel of every channel *group* (edgejpq.search.groups), so
+    channels joined by residual adds / depthwise layers live and die together;
+  - weight bits: logits over `choices` (e.g. 2, 4, 8) per output channel of every layer.
+The forward pass is hard (straight-through): it runs the argmax choice (with Gumbel / logistic
+noise while searching) and back-propagates through the softmax / sigmoid, so the model being
+trained is the discrete one; the temperature is annealed so that the soft expectation (used by
+the differentiable cost) converges to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
+from edgejpq.plan import LayerPlan, PrecisionPlan
+from edgejpq.quant.integerize import run_layer
+from edgejpq.search.groups import ChannelGroups
+
+KEEP_INIT = 3.0  # sigmoid(3) ≈ 0.95: start from the (pre-trained) full model
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric fake quantization with a straight-through gradient."""
+    qmax = (1 << (bits - 1)) - 1
+    scale = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-12) / qmax
+    scale = scale.reshape((-1,) + (1,) * (w.dim() - 1))
+    q = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+    return w + (q - w).detach()
+
+
+def fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """int8 asymmetric fake quantization with learnable range [lo, hi] (TF FakeQuantWithMinMaxVars
+    gradients: identity inside the range, the range ends collect the gradient outside it)."""
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = torch.clamp(hi - lo, min=1e-8) / 255.0
+    zero_point = torch.clamp(torch.round(-128 - lo.detach() / scale.detach()), -128, 127)
+    low = (-128 - zero_point) * scale
+    high = (127 - zero_point) * scale
+    clamped = torch.minimum(torch.maximum(x, low), high)
+    q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127)
+    return clamped + ((q - zero_point) * scale - clamped).detach()
+
+
+class SearchableGraph(nn.Module):
+    """A FloatGraph with trainable weights, channel gates and per-channel precision choices."""
+
+    def __init__(self, graph: FloatGraph, groups: ChannelGroups, *, choices: tuple[int, ...] = (2, 4, 8),
+                 prune: bool = True) -> None:
+        super().__init__()
+        self.graph = graph
+        self.groups = groups
+        self.choices = tuple(choices)
+        self.prune = prune
+        self.layers = graph.weighted
+        self.index = {layer.name: i for i, layer in enumerate(self.layers)}
+        self.weights = nn.ParameterList([nn.Parameter(l.weight.detach().clone()) for l in self.layers])
+        self.biases = nn.ParameterList([nn.Parameter(l.bias.detach().clone()) for l in self.layers])
+        self.keep_logits = nn.ParameterList([nn.Parameter(torch.full((g.channels,), KEEP_INIT))
+                                             for g in groups.groups])
+        # a slight preference for more bits: the search starts from the accurate end
+        init = torch.linspace(0.0, 0.5, len(self.choices))
+        self.bit_logits = nn.ParameterList([nn.Parameter(init.repeat(l.out_channels, 1)) for l in self.layers])
+        self.act_lo = nn.ParameterDict()
+        self.act_hi = nn.ParameterDict()
+        self.temperature = 1.0
+        self.explore = False  # add Gumbel / logistic noise to the hard choices (training only)
+        self.soft = False  # run the probability-weighted mixture instead of the hard choice
+        self.frozen_keep: list[torch.Tensor] | None = None  # per group, 0/1
+        self.frozen_bits: list[torch.Tensor] | None = None  # per layer, bit-width per channel
+
+    # ------------------------------------------------------------------ parameters by role
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [*self.keep_logits, *self.bit_logits]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [*self.weights, *self.biases]
+
+    def range_parameters(self) -> list[nn.Parameter]:
+        return [*self.act_lo.values(), *self.act_hi.values()]
+
+    # ------------------------------------------------------------------ choices
+
+    def keep_probabilities(self) -> list[torch.Tensor]:
+        """Per group, the probability of keeping each channel (1 for fixed groups or frozen masks)."""
+        out = []
+        for g, logits in zip(self.groups.groups, self.keep_logits):
+            if self.frozen_keep is not None:
+                out.append(self.frozen_keep[g.index])
+            elif g.fixed or not self.prune:
+                out.append(torch.ones_like(logits))
+            else:
+                out.append(torch.sigmoid(logits / self.temperature))
+        return out
+
+    def bit_probabilities(self) -> list[torch.Tensor]:
+        """Per layer, (channels × choices) probabilities of each bit-width."""
+        if self.frozen_bits is not None:
+            return [self._one_hot_bits(b) for b in self.frozen_bits]
+        return [torch.softmax(logits / self.temperature, dim=1) for logits in self.bit_logits]
+
+    def _one_hot_bits(self, bits: torch.Tensor) -> torch.Tensor:
+        table = torch.tensor(self.choices, device=bits.device)
+        return (bits[:, None] == table[None, :]).float()
+
+    def _keep_masks(self) -> list[torch.Tensor]:
+        probs = self.keep_probabilities()
+        if self.soft or self.frozen_keep is not None:
+            return probs
+        masks = []
+        for g, logits, p in zip(self.groups.groups, self.keep_logits, probs):
+            if g.fixed or not self.prune:
+                masks.append(p)
+                continue
+            noise = 0.0
+            if self.explore:
+                u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+                noise = torch.log(u) - torch.log1p(-u)  # logistic noise: a relaxed Bernoulli sample
+            hard = (logits + noise > 0).float()
+            masks.append(hard + p - p.detach())
+        return masks
+
+    def _selections(self) -> list[torch.Tensor]:
+        probs = self.bit_probabilities()
+        if self.soft or self.frozen_bits is not None:
+            return probs
+        out = []
+        for logits, p in zip(self.bit_logits, probs):
+            scores = logits
+            if self.explore:
+                u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+                scores = logits - torch.log(-torch.log(u)) * self.temperature
+            hard = nn.functional.one_hot(scores.argmax(dim=1), len(self.choices)).float()
+            out.append(hard + p - p.detach())
+        return out
+
+    # ------------------------------------------------------------------ forward
+
+    def enable_activation_quant(self, ranges: Mapping[str, tuple[float, float]]) -> None:
+        """Fake-quantize every integer tensor with learnable ranges initialised from `ranges`."""
+        for name in self.quantized_tensors():
+            lo, hi = ranges[name]
+            device = self.weights[0].device
+            self.act_lo[_key(name)] = nn.Parameter(torch.tensor(float(lo), device=device))
+            self.act_hi[_key(name)] = nn.Parameter(torch.tensor(float(hi), device=device))
+
+    def quantized_tensors(self) -> list[str]:
+        """Tensors with their own scale: the input and every layer output but pools and flattens."""
+        names = [self.graph.input]
+        names += [l.output for l in self.graph.layers if isinstance(l, (WeightedLayer, AddLayer, ConcatLayer))]
+        return names
+
+    def activation_ranges(self) -> dict[str, tuple[float, float]]:
+        return {name: (float(self.act_lo[_key(name)]), float(self.act_hi[_key(name)]))
+                for name in self.quantized_tensors()}
+
+    def _aq(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        key = _key(name)
+        if key not in self.act_lo:
+            return x
+        return fake_quant_activation(x, self.act_lo[key], self.act_hi[key])
+
+    def mixed_weight(self, i: int, selection: torch.Tensor) -> torch.Tensor:
+        w = self.weights[i]
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        total = torch.zeros_like(w)
+        for k, bits in enumerate(self.choices):
+            column = selection[:, k]
+            if not self.soft and not column.requires_grad and not bool(column.any()):
+                continue  # a frozen plan: skip bit-widths nobody uses
+            total = total + column.reshape(shape) * fake_quant_weight(w, bits)
+        return total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = self._keep_masks()
+        selections = self._selections()
+        values = {self.graph.input: self._aq(self.graph.input, x)}
+        for layer in self.graph.layers:
+            if isinstance(layer, WeightedLayer):
+                i = self.index[layer.name]
+                y = run_layer(layer, values, self.graph, weight=self.mixed_weight(i, selections[i]),
+                              bias=self.biases[i])
+                gate = keep[self.groups.layer_group[layer.name]]
+                y = y * gate.reshape((1, -1) + (1,) * (y.dim() - 2))
+                y = self._aq(layer.output, y)
+            else:
+                y = run_layer(layer, values, self.graph)
+                if isinstance(layer, PoolLayer):
+                    y = self._aq(layer.input, y)  # a pool keeps its input's scale: re-round averages
+                elif isinstance(layer, (AddLayer, ConcatLayer)):
+                    y = self._aq(layer.output, y)
+            values[layer.output] = y
+        return values[self.graph.output]
+
+    # ------------------------------------------------------------------ results
+
+    def discrete_plan(self) -> PrecisionPlan:
+        """The argmax plan: keep where the keep logit is positive (at least one channel per group)."""
+        keep = []
+        for g, logits in zip(self.groups.groups, self.keep_logits):
+            if self.frozen_keep is not None:
+                k = self.frozen_keep[g.index].detach().bool()
+            elif g.fixed or not self.prune:
+                k = torch.ones_like(logits, dtype=torch.bool)
+            else:
+                k = logits.detach() > 0
+                if not bool(k.any()):
+                    k[int(logits.detach().argmax())] = True
+            keep.append(k.cpu())
+        layers = {}
+        for i, layer in enumerate(self.layers):
+            if self.frozen_bits is not None:
+                bits = self.frozen_bits[i].cpu()
+            else:
+                bits = torch.tensor(self.choices)[self.bit_logits[i].detach().argmax(dim=1).cpu()]
+            mask = keep[self.groups.layer_group[layer.name]]
+            layers[layer.name] = LayerPlan(tuple(int(b) if m else 0 for b, m in zip(bits.tolist(), mask.tolist())))
+        return PrecisionPlan(layers)
+
+    def freeze(self, plan: PrecisionPlan) -> None:
+        """Fix every choice to `plan` (fine-tuning, or the second stage of the two-stage baseline)."""
+        device = self.weights[0].device
+        self.frozen_keep = []
+        for g in self.groups.groups:
+            bits = plan.layers[g.members[0]].bits
+            self.frozen_keep.append(torch.tensor([1.0 if b else 0.0 for b in bits], device=device))
+        self.frozen_bits = [torch.tensor([b if b else self.choices[-1] for b in plan.layers[l.name].bits],
+                                         device=device) for l in self.layers]
+
+    def freeze_keep_only(self, plan: PrecisionPlan) -> None:
+        """Fix the pruning masks to `plan`, leave the bit-width choices searchable."""
+        device = self.weights[0].device
+        self.frozen_keep = [torch.tensor([1.0 if b else 0.0 for b in plan.layers[g.members[0]].bits], device=device)
+                            for g in self.groups.groups]
+
+    def trained_graph(self) -> FloatGraph:
+        """The float graph with the trained weights (what export integerizes)."""
+        new_layers = []
+        for layer in self.graph.layers:
+            if isinstance(layer, WeightedLayer):
+                i = self.index[layer.name]
+                layer = replace(layer, weight=self.weights[i].detach().cpu().clone(),
+                                bias=self.biases[i].detach().cpu().clone())
+            new_layers.append(layer)
+        consumers: dict[str, list] = {name: [] for name in self.graph.shapes}
+        from edgejpq.graph import layer_inputs
+
+        for layer in new_layers:
+            for name in layer_inputs(layer):
+                consumers[name].append(layer)
+        return replace(self.graph, layers=tuple(new_layers), consumers={k: tuple(v) for k, v in consumers.items()})
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
