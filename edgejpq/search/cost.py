@@ -61,10 +61,12 @@ class CostModel:
             total = total + (self.input_channels if group < 0 else keep[group].sum())
         return total
 
-    def __call__(self) -> ExpectedCost:
+    def __call__(self, keep: list[torch.Tensor] | None = None,
+                 probs: list[torch.Tensor] | None = None) -> ExpectedCost:
+        """Expected cost at the space's current probabilities, or at the given keep / bit probabilities."""
         space = self.space
-        keep = space.keep_probabilities()
-        probs = space.bit_probabilities()
+        keep = space.keep_probabilities() if keep is None else keep
+        probs = space.bit_probabilities() if probs is None else probs
         flash = torch.tensor(float(self.code_bytes))
         cycles = torch.zeros(())
         for layer in space.graph.layers:

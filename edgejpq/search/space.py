@@ -11,9 +11,10 @@ Choices, per channel:
     channels joined by residual adds / depthwise layers live and die together;
   - weight bits: logits over `choices` (e.g. 2, 4, 8) per output channel of every layer.
 The forward pass is hard (straight-through): it runs the argmax choice (with Gumbel / logistic
-noise while searching) and back-propagates through the softmax / sigmoid, so the model being
-trained is the discrete one; the temperature is annealed so that the soft expectation (used by
-the differentiable cost) converges to it.
+noise while searching) and back-propagates through the softmax / sigmoid at temperature 1, so
+the model being trained is the discrete one, and the search's cost term is evaluated on that
+same hard sample. The annealed temperature only sharpens the soft mixture (`soft=True`), which
+converges to the hard model as the search ends; gradients never vanish with it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from edgejpq.plan import LayerPlan, PrecisionPlan
 from edgejpq.quant.integerize import run_layer
 from edgejpq.search.groups import ChannelGroups
 
-KEEP_INIT = 3.0  # sigmoid(3) ≈ 0.95: start from the (pre-trained) full model
+KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -81,6 +82,7 @@ class SearchableGraph(nn.Module):
         self.soft = False  # run the probability-weighted mixture instead of the hard choice
         self.frozen_keep: list[torch.Tensor] | None = None  # per group, 0/1
         self.frozen_bits: list[torch.Tensor] | None = None  # per layer, bit-width per channel
+        self.last_choices: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ parameters by role
 
@@ -129,9 +131,10 @@ class SearchableGraph(nn.Module):
             noise = 0.0
             if self.explore:
                 u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
-                noise = torch.log(u) - torch.log1p(-u)  # logistic noise: a relaxed Bernoulli sample
+                noise = (torch.log(u) - torch.log1p(-u)) * self.temperature  # relaxed Bernoulli sample
             hard = (logits + noise > 0).float()
-            masks.append(hard + p - p.detach())
+            straight = torch.sigmoid(logits)
+            masks.append(hard + straight - straight.detach())
         return masks
 
     def _selections(self) -> list[torch.Tensor]:
@@ -139,13 +142,14 @@ class SearchableGraph(nn.Module):
         if self.soft or self.frozen_bits is not None:
             return probs
         out = []
-        for logits, p in zip(self.bit_logits, probs):
+        for logits in self.bit_logits:
             scores = logits
             if self.explore:
                 u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
                 scores = logits - torch.log(-torch.log(u)) * self.temperature
             hard = nn.functional.one_hot(scores.argmax(dim=1), len(self.choices)).float()
-            out.append(hard + p - p.detach())
+            straight = torch.softmax(logits, dim=1)
+            out.append(hard + straight - straight.detach())
         return out
 
     # ------------------------------------------------------------------ forward
@@ -165,7 +169,7 @@ class SearchableGraph(nn.Module):
         return names
 
     def activation_ranges(self) -> dict[str, tuple[float, float]]:
-        return {name: (float(self.act_lo[_key(name)]), float(self.act_hi[_key(name)]))
+        return {name: (float(self.act_lo[_key(name)].detach()), float(self.act_hi[_key(name)].detach()))
                 for name in self.quantized_tensors()}
 
     def _aq(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -188,6 +192,7 @@ class SearchableGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep = self._keep_masks()
         selections = self._selections()
+        self.last_choices = (keep, selections)  # the sample this pass ran: its cost is what the search pays
         values = {self.graph.input: self._aq(self.graph.input, x)}
         for layer in self.graph.layers:
             if isinstance(layer, WeightedLayer):

@@ -1,0 +1,395 @@
+"""The search driver: joint search, repair to budgets, quantization-aware fine-tuning, export.
+
+Methods (same data, same epochs, same export):
+  joint      per-channel keep/prune and 2/4/8-bit choices searched together, then fine-tuned;
+  uniform    every channel at `bits`, quantization-aware training for all the epochs;
+  two-stage  pruning searched first (at 8 bits) for half the search epochs, then bit-widths
+             for the other half with the pruning frozen (prune-then-quantize), then fine-tuned.
+After the search the discrete plan is repaired with the exact cost model (the exporter itself)
+until every budget holds; an unreachable budget is refused before any training, naming it and
+the smallest figure reachable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgejpq.artifact import QuantizedModel
+from edgejpq.cost.model import CostReport, model_cost
+from edgejpq.data import Dataset, calibration_subset
+from edgejpq.errors import EdgejpqError
+from edgejpq.graph import FloatGraph
+from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
+from edgejpq.quant.integerize import (QuantState, calibrate, derive_quant_state, integer_logits, integerize,
+                                     predict_float)
+from edgejpq.search.cost import CostModel, ExpectedCost
+from edgejpq.search.groups import ChannelGroups, channel_groups
+from edgejpq.search.space import SearchableGraph
+
+Method = Literal["joint", "uniform", "two-stage"]
+Metric = Literal["flash", "ram", "latency"]
+BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
+BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
+
+
+@dataclass(frozen=True)
+class Budgets:
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    latency_ms: float | None = None
+
+    def items(self) -> list[tuple[Metric, float]]:
+        out: list[tuple[Metric, float]] = []
+        if self.flash_bytes is not None:
+            out.append(("flash", float(self.flash_bytes)))
+        if self.ram_bytes is not None:
+            out.append(("ram", float(self.ram_bytes)))
+        if self.latency_ms is not None:
+            out.append(("latency", float(self.latency_ms)))
+        return out
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    method: Method = "joint"
+    bits: int = 8  # the uniform method's bit-width
+    search_epochs: int = 4
+    finetune_epochs: int = 2
+    strength: float = 0.0
+    objective: Metric = "flash"  # what --strength scales
+    budgets: Budgets = field(default_factory=Budgets)
+    lr: float = 5e-4
+    arch_lr: float = 5e-2
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    calibration: int = 1000
+    temperature: tuple[float, float] = (1.0, 0.05)
+    eval_samples: int = 2000  # test samples scored after every epoch
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    stage: str
+    epoch: int
+    loss: float
+    test_accuracy: float
+    flash_bytes: int
+    ram_bytes: int
+    latency_ms: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    plan: PrecisionPlan
+    model: QuantizedModel
+    cost: CostReport
+    history: tuple[EpochRecord, ...]
+    accuracy_float: float
+    accuracy_fake_quant: float
+    accuracy_integer: float
+    seconds: float
+    repair_steps: int
+
+
+def metric_value(report: CostReport, metric: Metric) -> float:
+    return {"flash": float(report.flash_bytes), "ram": float(report.ram_bytes), "latency": report.latency_ms}[metric]
+
+
+def _expected(cost: ExpectedCost, metric: Metric, clock_hz: int) -> torch.Tensor:
+    if metric == "flash":
+        return cost.flash_bytes
+    if metric == "ram":
+        return cost.ram_bytes
+    return cost.cycles * (1000.0 / clock_hz)
+
+
+def _unit(metric: Metric, value: float) -> str:
+    if metric == "latency":
+        return f"{value:.3f} ms"
+    return f"{value / 1024:.1f} KiB ({int(value)} B)"
+
+
+class Evaluator:
+    """Exact cost of a plan: export it (with fixed calibration ranges) and cost the integer model."""
+
+    def __init__(self, graph: FloatGraph, ranges: Mapping[str, tuple[float, float]], target: Any) -> None:
+        self.graph = graph
+        self.ranges = ranges
+        self.target = target
+
+    def model(self, plan: PrecisionPlan, graph: FloatGraph | None = None) -> QuantizedModel:
+        g = graph or self.graph
+        return integerize(g, derive_quant_state(g, plan, self.ranges))
+
+    def cost(self, plan: PrecisionPlan) -> CostReport:
+        return model_cost(self.model(plan), self.target)
+
+
+def minimal_plan(graph: FloatGraph, groups: ChannelGroups, choices: tuple[int, ...]) -> PrecisionPlan:
+    """The cheapest plan reachable: lowest bits, one channel per prunable group."""
+    low = min(choices)
+    layers = {}
+    for layer in graph.weighted:
+        g = groups.group_of(layer.name)
+        bits = [low] * layer.out_channels if g.fixed else [low] + [0] * (layer.out_channels - 1)
+        layers[layer.name] = LayerPlan(tuple(bits))
+    return PrecisionPlan(layers)
+
+
+def check_reachable(evaluator: Evaluator, plan: PrecisionPlan, budgets: Budgets, what: str) -> None:
+    report = evaluator.cost(plan)
+    for metric, budget in budgets.items():
+        value = metric_value(report, metric)
+        if value > budget:
+            raise EdgejpqError(f"the {metric} budget of {_unit(metric, budget)} cannot be met: {what} needs "
+                               f"{_unit(metric, value)}")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def _accuracy(space: SearchableGraph, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    explore, space.explore = space.explore, False
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((space(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]).sum())
+    space.explore = explore
+    return correct / max(1, len(x))
+
+
+class Trainer:
+    """Runs epochs of one stage: task loss + cost terms, progress per epoch, exact cost of the plan."""
+
+    def __init__(self, ds: Dataset, target: Any, config: SearchConfig, evaluator: Evaluator,
+                 on_epoch: Callable[[EpochRecord], None] | None) -> None:
+        self.config = config
+        self.target = target
+        self.evaluator = evaluator
+        self.on_epoch = on_epoch
+        device = torch.device(config.device)
+        self.device = device
+        self.x = torch.from_numpy(ds.x_train).to(device)
+        self.y = torch.from_numpy(ds.y_train).to(device)
+        n = min(config.eval_samples, len(ds.x_test))
+        self.x_test = torch.from_numpy(ds.x_test[:n]).to(device)
+        self.y_test = torch.from_numpy(ds.y_test[:n]).to(device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: list[EpochRecord] = []
+        self.reference: dict[Metric, float] = {}
+
+    def cost_loss(self, expected: ExpectedCost) -> torch.Tensor:
+        loss = torch.zeros((), device=self.device)
+        clock = int(self.target.clock_hz)
+        if self.config.strength:
+            metric = self.config.objective
+            loss = loss + self.config.strength * _expected(expected, metric, clock) / self.reference[metric]
+        for metric, budget in self.config.budgets.items():
+            ratio = _expected(expected, metric, clock) / (BUDGET_MARGIN * budget)
+            loss = loss + BUDGET_WEIGHT * F.relu(ratio - 1.0)
+        return loss
+
+    def run(self, space: SearchableGraph, stage: str, epochs: int, *, search: bool,
+            cost_model: CostModel | None) -> None:
+        if epochs <= 0:
+            return
+        config = self.config
+        space.to(self.device)
+        groups = [{"params": space.weight_parameters(), "lr": config.lr}]
+        if search:
+            groups.append({"params": space.arch_parameters(), "lr": config.arch_lr})
+        if space.range_parameters():
+            groups.append({"params": space.range_parameters(), "lr": config.lr * 10})
+        optimizer = torch.optim.Adam(groups)
+        batches_per_epoch = math.ceil(len(self.x) / config.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
+        t0, t1 = config.temperature
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            if search:
+                fraction = epoch / max(1, epochs - 1)
+                space.temperature = t0 * (t1 / t0) ** fraction
+            space.explore = search
+            space.train()
+            total, seen = 0.0, 0
+            for index in _batches(len(self.x), config.batch_size, self.generator):
+                logits = space(self.x[index])
+                loss = F.cross_entropy(logits, self.y[index])
+                if search and cost_model is not None:
+                    keep, selections = space.last_choices
+                    loss = loss + self.cost_loss(cost_model(keep=keep, probs=selections))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach()) * len(index)
+                seen += len(index)
+            space.eval()
+            space.explore = False
+            accuracy = _accuracy(space, self.x_test, self.y_test)
+            report = self.evaluator.cost(space.discrete_plan())
+            record = EpochRecord(stage, len(self.history) + 1, total / seen, accuracy, report.flash_bytes,
+                                 report.ram_bytes, report.latency_ms, time.perf_counter() - start)
+            self.history.append(record)
+            if self.on_epoch:
+                self.on_epoch(record)
+
+
+# --------------------------------------------------------------------------- repair
+
+
+def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
+           cost_model: CostModel, max_steps: int = 400) -> tuple[PrecisionPlan, int]:
+    """Lower bit-widths and prune channels, least regret per unit of cost saved first, until every
+    budget holds under the exact cost model."""
+    choices = space.choices
+    steps = 0
+    while True:
+        report = evaluator.cost(plan)
+        violated = [(m, b) for m, b in budgets.items() if metric_value(report, m) > b]
+        if not violated:
+            return plan, steps
+        if steps >= max_steps:
+            raise EdgejpqError("repair did not converge; loosen the budgets")
+        steps += 1
+        keep = [torch.tensor([1.0 if b else 0.0 for b in plan.layers[g.members[0]].bits], requires_grad=True)
+                for g in space.groups.groups]
+        sel = [torch.tensor([[1.0 if (b or choices[-1]) == c else 0.0 for c in choices]
+                             for b in plan.layers[l.name].bits], requires_grad=True) for l in space.layers]
+        expected = cost_model(keep=keep, probs=sel)
+        clock = int(evaluator.target.clock_hz)
+        objective = sum(_expected(expected, m, clock) / b for m, b in violated)
+        objective.backward()
+        candidates: list[tuple[float, str, int, int]] = []  # (score, kind, index, channel)
+        with torch.no_grad():
+            for i, layer in enumerate(space.layers):
+                probs = torch.softmax(space.bit_logits[i].detach().cpu(), dim=1)
+                for o, bits in enumerate(plan.layers[layer.name].bits):
+                    if not bits or bits == choices[0]:
+                        continue
+                    j = choices.index(bits)
+                    saving = float(sel[i].grad[o, j] - sel[i].grad[o, j - 1])
+                    if saving > 0:
+                        regret = max(float(probs[o, j] - probs[o, j - 1]), 0.0) + 1e-3
+                        candidates.append((regret / saving, "bits", i, o))
+            for g in space.groups.prunable:
+                bits = plan.layers[g.members[0]].bits
+                if sum(1 for b in bits if b) <= 1:
+                    continue
+                prob = torch.sigmoid(space.keep_logits[g.index].detach().cpu())
+                for c, b in enumerate(bits):
+                    saving = float(keep[g.index].grad[c])
+                    if b and saving > 0 and space.prune:
+                        candidates.append(((float(prob[c]) + 1e-3) / saving, "prune", g.index, c))
+        if not candidates:
+            metric, budget = violated[0]
+            floor = metric_value(evaluator.cost(minimal_plan(space.graph, space.groups, choices)), metric)
+            raise EdgejpqError(f"the {metric} budget of {_unit(metric, budget)} cannot be met: the smallest plan "
+                               f"reachable needs {_unit(metric, floor)}")
+        candidates.sort()
+        chosen = candidates[: max(1, len(candidates) // 50)]
+        layers = {name: list(lp.bits) for name, lp in plan.layers.items()}
+        for _, kind, index, channel in chosen:
+            if kind == "bits":
+                name = space.layers[index].name
+                if layers[name][channel]:  # not pruned by an earlier candidate of this step
+                    layers[name][channel] = choices[choices.index(layers[name][channel]) - 1]
+            else:
+                for name in space.groups.groups[index].members:
+                    layers[name][channel] = 0
+        plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig,
+               on_epoch: Callable[[EpochRecord], None] | None = None) -> SearchResult:
+    """Search (or train a baseline), repair to the budgets, fine-tune, export and score."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    groups = channel_groups(graph)
+    calib = calibration_subset(ds, min(config.calibration, len(ds.x_train)), seed=config.seed)
+    evaluator = Evaluator(graph, calibrate(graph, calib), target)
+    full = uniform_plan(graph, 8)
+    trainer = Trainer(ds, target, config, evaluator, on_epoch)
+    full_cost = evaluator.cost(full)
+    trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
+    choices = (2, 4, 8)
+    repair_steps = 0
+
+    if config.method == "uniform":
+        plan = uniform_plan(graph, config.bits)
+        check_reachable(evaluator, plan, config.budgets, f"the uniform {config.bits}-bit model")
+        space = SearchableGraph(graph, groups, choices=choices)
+        finetune_epochs = config.search_epochs + config.finetune_epochs
+    else:
+        check_reachable(evaluator, minimal_plan(graph, groups, choices), config.budgets,
+                        "the smallest plan reachable (2 bits, one channel per group)")
+        if config.method == "joint":
+            space = SearchableGraph(graph, groups, choices=choices)
+            cost_model = CostModel(space, target, evaluator.model(full))
+            trainer.run(space, "search", config.search_epochs, search=True, cost_model=cost_model)
+        elif config.method == "two-stage":
+            first = config.search_epochs // 2
+            pruning = SearchableGraph(graph, groups, choices=(8,))
+            trainer.run(pruning, "prune", first, search=True,
+                        cost_model=CostModel(pruning, target, evaluator.model(full)))
+            space = SearchableGraph(pruning.trained_graph(), groups, choices=choices)
+            space.freeze_keep_only(pruning.discrete_plan())
+            cost_model = CostModel(space, target, evaluator.model(full))
+            trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
+        else:
+            raise EdgejpqError(f"unknown method {config.method!r}: use joint, uniform or two-stage")
+        space.frozen_keep = None if config.method == "joint" else space.frozen_keep
+        plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator,
+                                    CostModel(space, target, evaluator.model(full)))
+        finetune_epochs = config.finetune_epochs
+
+    # quantization-aware fine-tuning of the discrete plan, activation ranges learned
+    space.freeze(plan)
+    trained = space.trained_graph()
+    space.enable_activation_quant(calibrate(trained, calib, plan))
+    trainer.run(space, "finetune", finetune_epochs, search=False, cost_model=None)
+    trained = space.trained_graph()
+    ranges = space.activation_ranges() if finetune_epochs > 0 else calibrate(trained, calib, plan)
+    all_ranges = dict(calibrate(trained, calib, plan))
+    all_ranges.update(ranges)
+    state: QuantState = derive_quant_state(trained, plan, all_ranges)
+    model = integerize(trained, state, provenance={"method": config.method, "target": getattr(target, "name", ""),
+                                                   "config": _jsonable(asdict(config))})
+    x, y = ds.x_test, ds.y_test
+    acc_float = float((predict_float(graph, x).argmax(1) == y).mean())  # the float model searched from
+    acc_fake = float((predict_float(trained, x, state=state).argmax(1) == y).mean())
+    acc_int = float((integer_logits(model, x).argmax(1) == y).mean())
+    return SearchResult(plan=plan, model=model, cost=model_cost(model, target), history=tuple(trainer.history),
+                        accuracy_float=acc_float, accuracy_fake_quant=acc_fake, accuracy_integer=acc_int,
+                        seconds=time.perf_counter() - start, repair_steps=repair_steps)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+_ = Path
