@@ -313,6 +313,151 @@ def inspect(
               "hash": qmodel.content_hash})
 
 
+# --------------------------------------------------------------------------- targets and search
+
+
+def parse_size(text: str, option: str) -> int:
+    """Bytes from `65536`, `64K`, `64KiB`, `1.5MiB`, `64kB` (kB/MB are decimal, K/KiB binary)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(B|K|KiB|KB|kB|M|MiB|MB)?\s*", text)
+    if not match:
+        raise EdgejpqError(f"{option} {text!r}: expected a size such as 65536, 64KiB or 1.5MiB")
+    unit = match.group(2) or "B"
+    factor = {"B": 1, "K": 1024, "KiB": 1024, "KB": 1000, "kB": 1000, "M": 1 << 20, "MiB": 1 << 20, "MB": 10**6}
+    return int(float(match.group(1)) * factor[unit])
+
+
+@app.command(epilog="Example: `edgejpq targets`; `edgejpq targets --json`")
+@user_errors
+def targets(as_json: JsonOpt = False) -> None:
+    """List the shipped targets: core, clock, flash and RAM, board, QEMU machine, latency table status."""
+    from edgejpq.cost.target import list_targets
+
+    specs = list_targets()
+    table = Table(title="edgejpq targets (use --target NAME, or --target path/to/my.yaml)")
+    for column in ("name", "core", "clock", "flash", "RAM", "kernels", "QEMU", "board", "latency table"):
+        table.add_column(column)
+    rows = []
+    for t in specs:
+        board = t.boards[0].vendor_board if t.boards else ""
+        qemu = t.qemu.machine if t.qemu else "none"
+        table.add_row(t.name, t.core, f"{t.clock_hz / 1e6:.0f} MHz", f"{t.memory.flash_bytes // 1024} KiB",
+                      f"{t.memory.ram_bytes // 1024} KiB", t.kernels, qemu, board,
+                      "calibrated" if t.latency.calibrated else "initial estimate")
+        rows.append({"name": t.name, "core": t.core, "clock_hz": t.clock_hz, "flash_bytes": t.memory.flash_bytes,
+                     "ram_bytes": t.memory.ram_bytes, "qemu": qemu, "board": board,
+                     "calibrated": t.latency.calibrated})
+    console.print(table)
+    if as_json:
+        print(json.dumps({"targets": rows}, sort_keys=True))
+
+
+@app.command(epilog="Examples: `edgejpq search --target cortex-m4 --model zoo:resnet8 --data fashion-mnist "
+                    "--flash 24KiB --epochs 4 -o runs/r8`; `edgejpq search --model float.pt --data digits "
+                    "--strength 1 -o runs/s1`; `edgejpq search --method uniform --bits 4 ...` (baseline)")
+@user_errors
+def search(
+    model: Annotated[str, typer.Option(help="Float checkpoint (.pt from `edgejpq train`) or a model spec "
+                                            "(pre-trained here for --pretrain-epochs).")],
+    data: Annotated[str, typer.Option(help="fashion-mnist | digits | mnist1d | npz:PATH | idx:FOLDER | imagefolder:PATH")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (plan.json, model.ejq, report.md, plots).")],
+    target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path.")] = "cortex-m4",
+    flash: Annotated[Optional[str], typer.Option(help="Flash budget for the model (weights + constants + code), e.g. 64KiB.")] = None,
+    ram: Annotated[Optional[str], typer.Option(help="RAM budget for the activation arena, e.g. 32KiB.")] = None,
+    latency_ms: Annotated[Optional[float], typer.Option(help="Latency budget in ms at the target clock.")] = None,
+    strength: Annotated[float, typer.Option(help="Loss = task + strength × cost / cost of the 8-bit model.")] = 0.0,
+    objective: Annotated[str, typer.Option(help="The cost --strength scales: flash | ram | latency.")] = "flash",
+    method: Annotated[str, typer.Option(help="joint | uniform | two-stage")] = "joint",
+    bits: Annotated[int, typer.Option(help="Bit-width of --method uniform.")] = 8,
+    epochs: Annotated[int, typer.Option(min=0, help="Search epochs (uniform: QAT epochs).")] = 4,
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="Quantization-aware fine-tuning epochs.")] = 2,
+    pretrain_epochs: Annotated[int, typer.Option(min=0, help="Float epochs when --model is a spec.")] = 3,
+    lr: float = 5e-4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "auto",
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="Reuse the run folder's float model and search checkpoint.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Joint pruning + per-channel mixed-precision search for a target, repaired to the budgets,
+    fine-tuned with quantization-aware training and exported to `model.ejq`."""
+    import torch
+
+    from edgejpq.cost.target import load_target
+    from edgejpq.data import load_dataset
+    from edgejpq.graph import build_float_graph
+    from edgejpq.search.report import write_report
+    from edgejpq.search.run import Budgets, SearchConfig, run_search
+    from edgejpq.train import save_float_checkpoint, train_float
+
+    if method not in ("joint", "uniform", "two-stage"):
+        raise EdgejpqError(f"--method {method!r}: use joint, uniform or two-stage")
+    if objective not in ("flash", "ram", "latency"):
+        raise EdgejpqError(f"--objective {objective!r}: use flash, ram or latency")
+    if method == "uniform" and bits not in (2, 4, 8):
+        raise EdgejpqError(f"--bits {bits}: use 8, 4 or 2")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise EdgejpqError("--device cuda: no CUDA device is available here (use cpu or auto)")
+    spec = load_target(target)
+    budgets = Budgets(flash_bytes=parse_size(flash, "--flash") if flash else None,
+                      ram_bytes=parse_size(ram, "--ram") if ram else None, latency_ms=latency_ms)
+    if output.exists() and not output.is_dir():
+        raise EdgejpqError(f"{output}: exists and is not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    _check_output_folder(output / "plan.json")
+    ds = load_dataset(data)
+    float_path = output / "float.pt"
+    if model.endswith(".pt"):
+        net, model_spec = _load_model_for_data(model, ds.input_shape, ds.num_classes)
+    elif resume and float_path.exists():
+        net, model_spec = _load_model_for_data(str(float_path), ds.input_shape, ds.num_classes)
+    else:
+        net, model_spec = _load_model_for_data(model, ds.input_shape, ds.num_classes)
+        if pretrain_epochs:
+            with _progress() as progress:
+                task = progress.add_task(f"float pre-training {model}", total=pretrain_epochs)
+                history = train_float(net, ds, epochs=pretrain_epochs, seed=seed,
+                                      on_epoch=lambda e, loss, acc: progress.update(
+                                          task, advance=1, description=f"float epoch {e} test {100 * acc:.2f}%"))
+            save_float_checkpoint(float_path, net, model_spec=model_spec, data_spec=data, input_shape=ds.input_shape,
+                                  num_classes=ds.num_classes, history=history)
+    graph = build_float_graph(net, ds.input_shape)
+    config = SearchConfig(method=method, bits=bits, search_epochs=epochs, finetune_epochs=finetune_epochs,  # type: ignore[arg-type]
+                          strength=strength, objective=objective, budgets=budgets, lr=lr,  # type: ignore[arg-type]
+                          batch_size=batch_size, seed=seed, device=device)
+    total = (epochs + finetune_epochs) if method != "uniform" else epochs + finetune_epochs
+    with _progress() as progress:
+        task = progress.add_task(f"{method} search", total=total)
+
+        def on_epoch(record: Any) -> None:
+            budget_text = " ".join(f"{m} {v:.0f}" for m, v in budgets.items())
+            progress.update(task, advance=1, description=(
+                f"{record.stage} {record.epoch}: loss {record.loss:.3f} acc {100 * record.test_accuracy:.1f}% "
+                f"flash {record.flash_bytes / 1024:.1f}K ram {record.ram_bytes / 1024:.1f}K "
+                f"{record.latency_ms:.2f} ms {('[budgets ' + budget_text + ']') if budget_text else ''}"))
+
+        result = run_search(graph, ds, spec, config, on_epoch=on_epoch, checkpoint=output / "search_checkpoint.pt",
+                            resume=resume)
+    header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
+              "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": strength,
+              "epochs": epochs, "finetune_epochs": finetune_epochs, "device": device, "seed": seed}
+    summary = write_report(output, result, spec, header)
+    cost = result.cost
+    _summary(f"edgejpq search ({method}) → {output}", [
+        ("target", f"{spec.name} ({spec.clock_hz / 1e6:.0f} MHz)"),
+        ("flash", f"{cost.flash_bytes} B (weights {cost.weight_bytes}, constants {cost.constant_bytes}, code ~{cost.code_bytes})"
+                  + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")),
+        ("RAM (arena)", f"{cost.arena_bytes} B" + (f" / budget {budgets.ram_bytes}" if budgets.ram_bytes else "")),
+        ("latency", f"{cost.latency_ms:.3f} ms" + (f" / budget {budgets.latency_ms}" if budgets.latency_ms else "")),
+        ("accuracy float / fake-quant / integer",
+         f"{_pct(result.accuracy_float)} / {_pct(result.accuracy_fake_quant)} / {_pct(result.accuracy_integer)}"),
+        ("wall time", f"{result.seconds:.0f} s"), ("files", "plan.json model.ejq report.md training.png")],
+        as_json, summary)
+
+
 @app.callback(invoke_without_command=True)
 def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
     if version:

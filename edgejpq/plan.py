@@ -73,27 +73,32 @@ def load_plan(spec: str, graph: FloatGraph) -> PrecisionPlan:
         body = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgejpqError(f"{path}: not a readable JSON plan ({exc})") from None
+    return load_plan_body(body, graph, where=str(path))
+
+
+def load_plan_body(body: object, graph: FloatGraph, where: str) -> PrecisionPlan:
+    """Validate a parsed plan.json body against the model's layers."""
     if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise EdgejpqError(f"{path}: field format must be {FORMAT!r}")
+        raise EdgejpqError(f"{where}: field format must be {FORMAT!r}")
     if body.get("schema_version") != SCHEMA_VERSION:
-        raise EdgejpqError(f"{path}: field schema_version is {body.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        raise EdgejpqError(f"{where}: field schema_version is {body.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     layers = body.get("layers")
     if not isinstance(layers, dict):
-        raise EdgejpqError(f"{path}: field layers must be an object of layer name → {{bits, activation_bits}}")
+        raise EdgejpqError(f"{where}: field layers must be an object of layer name → {{bits, activation_bits}}")
     parsed = {}
     for name, entry in layers.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("bits"), list):
-            raise EdgejpqError(f"{path}: layers.{name}.bits must be a list of per-channel bit-widths")
+            raise EdgejpqError(f"{where}: layers.{name}.bits must be a list of per-channel bit-widths")
         bits = entry["bits"]
         bad = [b for b in bits if b not in CHANNEL_BITS or isinstance(b, bool)]
         if bad:
-            raise EdgejpqError(f"{path}: layers.{name}.bits holds {bad[0]!r}; allowed {CHANNEL_BITS}")
+            raise EdgejpqError(f"{where}: layers.{name}.bits holds {bad[0]!r}; allowed {CHANNEL_BITS}")
         act = entry.get("activation_bits", 8)
         if act not in ACTIVATION_BITS:
-            raise EdgejpqError(f"{path}: layers.{name}.activation_bits is {act!r}; supported {ACTIVATION_BITS}")
+            raise EdgejpqError(f"{where}: layers.{name}.activation_bits is {act!r}; supported {ACTIVATION_BITS}")
         parsed[name] = LayerPlan(tuple(int(b) for b in bits), int(act))
     plan = PrecisionPlan(parsed)
-    check_plan_matches(plan, graph, where=str(path))
+    check_plan_matches(plan, graph, where=where)
     return plan
 
 

@@ -38,21 +38,22 @@ def op_kind(op: Op) -> str:
 
 
 def weighted_cycles(target: Any, kind: str, pixels: Any, k: Any, channels_by_bits: Mapping[int, Any],
-                    kept_channels: Any) -> Any:
+                    kept_channels: Any, runs: int) -> Any:
     """Cycles of one conv/linear layer: MACs at each bit-width's rate plus overheads.
 
-    Works on numbers (exact) and on torch tensors (expected values during the search)."""
+    The per-layer and per-pixel overheads are paid once per kernel call, i.e. per weight run;
+    the per-channel overhead once per output value. Works on numbers (exact) and on torch
+    tensors (expected values during the search)."""
     table = target.latency
-    cycles = table.per_layer_overhead_cycles + table.per_output_pixel_overhead_cycles * pixels
-    cycles = cycles + table.per_output_channel_overhead_cycles * kept_channels
+    cycles = runs * (table.per_layer_overhead_cycles + table.per_output_pixel_overhead_cycles * pixels)
+    cycles = cycles + table.per_output_channel_overhead_cycles * kept_channels * pixels
     for bits, count in channels_by_bits.items():
         cycles = cycles + count * pixels * k * target.cycles_per_mac(kind, bits)
     return cycles
 
 
 def elementwise_cycles(target: Any, kind: str, elements: Any) -> Any:
-    table = target.latency
-    return table.per_layer_overhead_cycles + elements * table.elementwise_cycles_per_element[kind]
+    return target.latency.per_layer_overhead_cycles + elements * target.elementwise_cycles(kind)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def kernel_names(model: QuantizedModel) -> set[str]:
     for op in model.ops:
         kind = op_kind(op)
         if isinstance(op, (Conv2D, FullyConnected)):
-            names.update(f"{kind}_w{run.bits}" for run in op.runs)
+            family = "conv2d" if kind == "pointwise_conv2d" else kind  # one conv kernel serves both
+            names.update(f"{family}_w{run.bits}" for run in op.runs)
         elif isinstance(op, Pool):
             names.add(f"{op.mode}_pool")
         elif not isinstance(op, Reshape):
@@ -116,9 +118,12 @@ def kernel_names(model: QuantizedModel) -> set[str]:
 
 
 def code_bytes(model: QuantizedModel, target: Any) -> int:
+    """Estimated flash for code: entry function, one call site per layer and run, the kernels used."""
     sizes = target.code_size
-    return int(sizes.base_bytes + sum(sizes.per_kernel_bytes.get(name, sizes.default_kernel_bytes)
-                                      for name in kernel_names(model)))
+    layers = sum(1 for op in model.ops if not isinstance(op, Reshape))
+    runs = sum(len(op.runs) for op in model.ops if isinstance(op, (Conv2D, FullyConnected)))
+    kernels = sum(target.kernel_bytes(name) for name in kernel_names(model))
+    return int(sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs + kernels)
 
 
 def model_cost(model: QuantizedModel, target: Any) -> CostReport:
@@ -134,7 +139,7 @@ def model_cost(model: QuantizedModel, target: Any) -> CostReport:
             by_bits: dict[int, int] = {}
             for run in op.runs:
                 by_bits[run.bits] = by_bits.get(run.bits, 0) + run.count
-            cycles = weighted_cycles(target, kind, pixels, k, by_bits, out[2])
+            cycles = weighted_cycles(target, kind, pixels, k, by_bits, out[2], len(op.runs))
             wbytes = int(model.arrays[f"{op.name}.weights"].size)
             cbytes = sum(int(model.arrays[f"{op.name}.{a}"].nbytes) for a in ("bias", "multiplier", "shift"))
             bits = " ".join(f"w{b}×{c}" for b, c in sorted(by_bits.items(), reverse=True))

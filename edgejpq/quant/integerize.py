@@ -212,14 +212,14 @@ def derive_quant_state(graph: FloatGraph, plan: PrecisionPlan, ranges: Mapping[s
 # --------------------------------------------------------------------------- integer export
 
 
-def _absorbs_permutation(graph: FloatGraph, tensor: str) -> bool:
+def absorbs_permutation(graph: FloatGraph, tensor: str) -> bool:
     """True if every consumer can take this tensor's channels in any order."""
     if tensor == graph.output:
         return False
     for consumer in graph.consumers[tensor]:
         if isinstance(consumer, WeightedLayer) and not consumer.depthwise:
             continue
-        if isinstance(consumer, (PoolLayer, FlattenLayer)) and _absorbs_permutation(graph, consumer.output):
+        if isinstance(consumer, (PoolLayer, FlattenLayer)) and absorbs_permutation(graph, consumer.output):
             continue
         return False
     return True
@@ -337,7 +337,7 @@ def _integerize_weighted(graph: FloatGraph, layer: WeightedLayer, state: QuantSt
         out_list = in_list
     else:
         kept = np.flatnonzero(bits)
-        if _absorbs_permutation(graph, layer.output):
+        if absorbs_permutation(graph, layer.output):
             kept = kept[np.argsort(-bits[kept], kind="stable")]  # 8-bit rows first, then 4, then 2
         out_list = kept
     channels[layer.output] = out_list

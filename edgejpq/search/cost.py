@@ -19,8 +19,9 @@ import torch
 
 from edgejpq.artifact import QuantizedModel
 from edgejpq.cost.memory import arena_buffers
-from edgejpq.cost.model import CONSTANT_BYTES_PER_CHANNEL, code_bytes, elementwise_cycles, weighted_cycles
+from edgejpq.cost.model import CONSTANT_BYTES_PER_CHANNEL, elementwise_cycles, weighted_cycles
 from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
+from edgejpq.quant.integerize import absorbs_permutation
 from edgejpq.search.space import SearchableGraph
 
 
@@ -38,7 +39,6 @@ class CostModel:
         self.space = space
         self.target = target
         graph = space.graph
-        self.code_bytes = code_bytes(reference, target)
         shapes = graph.shapes
         self.pixels = {t: (s[1] * s[2] if len(s) == 3 else s[1] if len(s) == 2 else 1) for t, s in shapes.items()}
         # features per channel: H×W after a flatten (its channels are spread over the features)
@@ -53,6 +53,7 @@ class CostModel:
         self.input_channels = shapes[graph.input][0]
         self.buffers = arena_buffers(reference.tensors, reference.ops, reference.input, reference.output)
         self.steps = len(reference.ops)
+        self.reorderable = {l.name: not l.depthwise and absorbs_permutation(graph, l.output) for l in space.layers}
 
     def channels(self, tensor: str, keep: list[torch.Tensor]) -> torch.Tensor:
         """Expected kept channels of a tensor (a concat sums its parts)."""
@@ -67,7 +68,7 @@ class CostModel:
         space = self.space
         keep = space.keep_probabilities() if keep is None else keep
         probs = space.bit_probabilities() if probs is None else probs
-        flash = torch.tensor(float(self.code_bytes))
+        flash = torch.tensor(float(self._code_bytes(keep, probs)))
         cycles = torch.zeros(())
         for layer in space.graph.layers:
             out = layer.output
@@ -83,7 +84,8 @@ class CostModel:
                 kind = ("depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear"
                         else "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d")
                 kept = kept_out.sum()
-                cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept)
+                runs = self._runs(layer, kept_out, probs[i])
+                cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs)
                 flash = flash + sum(count * k * bits / 8.0 for bits, count in by_bits.items())
                 flash = flash + CONSTANT_BYTES_PER_CHANNEL * kept
             elif isinstance(layer, (PoolLayer, AddLayer, ConcatLayer)):
@@ -95,6 +97,41 @@ class CostModel:
                     kind = "add" if isinstance(layer, AddLayer) else "concat"
                 cycles = cycles + elementwise_cycles(self.target, kind, elements)
         return ExpectedCost(flash_bytes=flash, ram_bytes=self._arena(keep), cycles=cycles)
+
+    def _runs(self, layer: WeightedLayer, kept_out: torch.Tensor, probs: torch.Tensor) -> int:
+        """Kernel calls of a layer as the exporter forms them: one per bit-width where it may order
+        the channels by bit-width, else one per change of bit-width along the channel order."""
+        chosen = probs.detach().argmax(dim=1)[kept_out.detach() > 0.5].tolist()
+        if self.reorderable[layer.name]:
+            return max(1, len(set(chosen)))
+        return max(1, 1 + sum(1 for a, b in zip(chosen, chosen[1:]) if a != b))
+
+    def _code_bytes(self, keep: list[torch.Tensor], probs: list[torch.Tensor]) -> int:
+        """Code estimate of the plan these choices make (a constant: code size has no gradient).
+
+        Kernels used and weight runs counted as the exporter forms them."""
+        space = self.space
+        sizes = self.target.code_size
+        kernels: set[str] = set()
+        runs = 0
+        for layer in space.layers:
+            kept = keep[space.groups.layer_group[layer.name]].detach() > 0.5
+            chosen = probs[space.index[layer.name]].detach().argmax(dim=1)
+            used = {space.choices[int(j)] for j in chosen[kept].tolist()}
+            family = ("depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear"
+                      else "conv2d")
+            kernels.update(f"{family}_w{b}" for b in used)
+            runs += self._runs(layer, keep[space.groups.layer_group[layer.name]], probs[space.index[layer.name]])
+        for layer in space.graph.layers:
+            if isinstance(layer, PoolLayer):
+                kernels.add(f"{layer.mode}_pool")
+            elif isinstance(layer, AddLayer):
+                kernels.add("add")
+            elif isinstance(layer, ConcatLayer):
+                kernels.add("concat")
+        layers = sum(1 for layer in space.graph.layers if not isinstance(layer, FlattenLayer))
+        return int(sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs
+                   + sum(self.target.kernel_bytes(k) for k in kernels))
 
     def _arena(self, keep: list[torch.Tensor]) -> torch.Tensor:
         sizes = [torch.stack([self.pixels[t] * self.channels(t, keep) * self.features[t] for t in members]).max()

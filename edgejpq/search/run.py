@@ -275,6 +275,9 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         clock = int(evaluator.target.clock_hz)
         objective = sum(_expected(expected, m, clock) / b for m, b in violated)
         objective.backward()
+        for tensor in (*keep, *sel):  # a budget may not depend on every choice (RAM ignores bits)
+            if tensor.grad is None:
+                tensor.grad = torch.zeros_like(tensor)
         candidates: list[tuple[float, str, int, int]] = []  # (score, kind, index, channel)
         with torch.no_grad():
             for i, layer in enumerate(space.layers):
@@ -304,12 +307,14 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         candidates.sort()
         chosen = candidates[: max(1, len(candidates) // 50)]
         layers = {name: list(lp.bits) for name, lp in plan.layers.items()}
+        kept = {g.index: sum(1 for b in layers[g.members[0]] if b) for g in space.groups.groups}
         for _, kind, index, channel in chosen:
             if kind == "bits":
                 name = space.layers[index].name
                 if layers[name][channel]:  # not pruned by an earlier candidate of this step
                     layers[name][channel] = choices[choices.index(layers[name][channel]) - 1]
-            else:
+            elif kept[index] > 1:  # never the last channel of a group
+                kept[index] -= 1
                 for name in space.groups.groups[index].members:
                     layers[name][channel] = 0
         plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
@@ -318,9 +323,48 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
 # --------------------------------------------------------------------------- the whole run
 
 
+def _save_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph, plan: PrecisionPlan,
+                     history: list[EpochRecord], repair_steps: int) -> None:
+    import io
+
+    from edgejpq.artifact import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"format": "edgejpq.search_checkpoint", "schema_version": 1, "method": config.method,
+                "plan": plan.to_json(), "weights": [w.detach().cpu() for w in space.weights],
+                "biases": [b.detach().cpu() for b in space.biases], "history": [asdict(r) for r in history],
+                "repair_steps": repair_steps}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph) -> tuple[PrecisionPlan, list[EpochRecord], int]:
+    import json as _json
+
+    from edgejpq.plan import load_plan_body
+
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise EdgejpqError(f"{path}: unreadable search checkpoint ({exc}); delete it or run without --resume") from None
+    if not isinstance(saved, dict) or saved.get("format") != "edgejpq.search_checkpoint":
+        raise EdgejpqError(f"{path}: not an edgejpq search checkpoint")
+    if saved.get("method") != config.method or len(saved["weights"]) != len(space.weights):
+        raise EdgejpqError(f"{path}: checkpoint of method {saved.get('method')!r} for another model; "
+                           "use a new run folder or drop --resume")
+    with torch.no_grad():
+        for param, value in zip([*space.weights, *space.biases], [*saved["weights"], *saved["biases"]]):
+            param.copy_(value)
+    plan = load_plan_body(_json.loads(saved["plan"]), space.graph, where=str(path))
+    return plan, [EpochRecord(**r) for r in saved["history"]], int(saved["repair_steps"])
+
+
 def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig,
-               on_epoch: Callable[[EpochRecord], None] | None = None) -> SearchResult:
-    """Search (or train a baseline), repair to the budgets, fine-tune, export and score."""
+               on_epoch: Callable[[EpochRecord], None] | None = None, *,
+               checkpoint: Path | None = None, resume: bool = False) -> SearchResult:
+    """Search (or train a baseline), repair to the budgets, fine-tune, export and score.
+
+    With `checkpoint`, the searched plan and weights are saved there after the search; with
+    `resume`, an existing checkpoint replaces the search stage (fine-tuning then runs again)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     groups = channel_groups(graph)
@@ -333,7 +377,11 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     choices = (2, 4, 8)
     repair_steps = 0
 
-    if config.method == "uniform":
+    if resume and checkpoint is not None and checkpoint.exists() and config.method != "uniform":
+        space = SearchableGraph(graph, groups, choices=choices)
+        plan, trainer.history, repair_steps = _load_checkpoint(checkpoint, config, space)
+        finetune_epochs = config.finetune_epochs
+    elif config.method == "uniform":
         plan = uniform_plan(graph, config.bits)
         check_reachable(evaluator, plan, config.budgets, f"the uniform {config.bits}-bit model")
         space = SearchableGraph(graph, groups, choices=choices)
@@ -360,6 +408,8 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator,
                                     CostModel(space, target, evaluator.model(full)))
         finetune_epochs = config.finetune_epochs
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps)
 
     # quantization-aware fine-tuning of the discrete plan, activation ranges learned
     space.freeze(plan)
@@ -391,5 +441,3 @@ def _jsonable(value: Any) -> Any:
         return value.item()
     return value
 
-
-_ = Path

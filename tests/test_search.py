@@ -1,0 +1,264 @@
+"""The search: channel groups, the cost model (exact and expected), repair, short searches."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from edgejpq.cost.model import model_cost
+from edgejpq.cost.target import load_target
+from edgejpq.data import load_dataset
+from edgejpq.errors import EdgejpqError
+from edgejpq.graph import build_float_graph
+from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
+from edgejpq.quant.integerize import calibrate
+from edgejpq.search.cost import CostModel
+from edgejpq.search.groups import channel_groups
+from edgejpq.search.run import Budgets, Evaluator, SearchConfig, metric_value, minimal_plan, repair, run_search
+from edgejpq.search.space import SearchableGraph
+from edgejpq.train import train_float
+from edgejpq.zoo import build_model
+
+from models import ConcatNet, DepthwiseNet
+
+TOY = Path(__file__).parent / "data" / "toy.yaml"
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
+
+
+def _evaluator(graph, shape, target):
+    x = np.random.default_rng(0).random((32, *shape), dtype=np.float32)
+    return Evaluator(graph, calibrate(graph, x), target)
+
+
+@pytest.mark.unit
+def test_channel_groups_residual_and_depthwise():
+    groups = channel_groups(build_float_graph(build_model("zoo:resnet8", (1, 28, 28), 10), (1, 28, 28)))
+    members = {g.members: g.fixed for g in groups.groups}
+    assert members[("stem.0", "stack1.conv2")] is False  # joined by the first residual add
+    assert members[("stack2.conv2", "stack2.shortcut.0")] is False
+    assert members[("stack3.conv2", "stack3.shortcut.0")] is False
+    assert members[("classifier",)] is True  # the classes are never pruned
+    assert members[("stack1.conv1",)] is False
+    dw = channel_groups(build_float_graph(DepthwiseNet(), (1, 16, 16)))
+    assert {g.members for g in dw.groups} == {("conv", "dw"), ("pw",), ("fc",)}
+    with pytest.raises(EdgejpqError, match="fx node 'add'.*concatenation"):
+        channel_groups(build_float_graph(ConcatNet(), (1, 8, 8)))
+
+
+@pytest.mark.unit
+def test_exact_cost_on_a_toy_target():
+    target = load_target(str(TOY))
+    graph = build_float_graph(Toy(), (1, 6, 6))
+    plan = PrecisionPlan({"conv": LayerPlan((8, 8, 4, 0)), "fc": LayerPlan((8, 8, 8))})
+    cost = _evaluator(graph, (1, 6, 6), target).cost(plan)
+    # conv: 3 kept channels × 9 taps; rows of 9 B (8 bit) ×2 and ceil(9×4/8) = 5 B; fc: 3×3 B
+    assert cost.weight_bytes == 18 + 5 + 9
+    assert cost.constant_bytes == 12 * 3 + 12 * 3
+    # base 1000 + 3 layers × 10 + 3 runs × 20 + kernels conv2d_w8 500, conv2d_w4 400, avg_pool 50, fc_w8 300
+    assert cost.code_bytes == 1000 + 30 + 60 + 1250
+    assert cost.flash_bytes == 32 + 72 + 2340
+    # conv, 2 runs (8 and 4 bits): 2×(100 + 5×36 px) + 10×3×36 values + 2 ch×36×9 MACs×2.0 + 1×36×9×3.0
+    conv = 2 * (100 + 180) + 1080 + 1296 + 972
+    pool = 100 + 3 * 36 * 3  # 3 channels × 36 window taps × 3 cycles
+    fc = 100 + 5 + 10 * 3 + 3 * 3 * 2.0
+    assert cost.cycles == conv + pool + fc
+    assert cost.latency_ms == pytest.approx((conv + pool + fc) / 1e8 * 1e3)
+    assert cost.arena_bytes == 108 + 4  # conv output (6×6×3) live with the pooled 3 B (aligned to 4)
+
+
+@pytest.mark.unit
+def test_cost_moves_the_right_way():
+    target = load_target("cortex-m4")
+    graph = build_float_graph(build_model("zoo:cnn", (1, 12, 12), 10), (1, 12, 12))
+    ev = _evaluator(graph, (1, 12, 12), target)
+    c8, c4, c2 = (ev.cost(uniform_plan(graph, b)) for b in (8, 4, 2))
+    assert c8.weight_bytes > c4.weight_bytes > c2.weight_bytes
+    assert c8.arena_bytes == c4.arena_bytes == c2.arena_bytes  # bits do not change activations
+    pruned = dict(uniform_plan(graph, 8).layers)
+    pruned["features.0"] = LayerPlan((8,) * 8 + (0,) * 8)
+    cp = ev.cost(PrecisionPlan(pruned))
+    assert cp.weight_bytes < c8.weight_bytes and cp.cycles < c8.cycles and cp.arena_bytes < c8.arena_bytes
+    assert cp.flash_bytes < c8.flash_bytes
+
+
+@pytest.mark.unit
+def test_expected_cost_equals_exact_cost_at_a_discrete_plan():
+    target = load_target("cortex-m4")
+    graph = build_float_graph(build_model("zoo:cnn", (1, 12, 12), 10), (1, 12, 12))
+    groups = channel_groups(graph)
+    ev = _evaluator(graph, (1, 12, 12), target)
+    space = SearchableGraph(graph, groups)
+    rng = np.random.default_rng(1)
+    plan = PrecisionPlan({l.name: LayerPlan(tuple(int(b) for b in rng.choice([8, 4, 2], l.out_channels)))
+                          for l in graph.weighted})
+    layers = dict(plan.layers)
+    layers["features.3"] = LayerPlan(tuple(0 if i % 3 == 0 else b for i, b in enumerate(plan.layers["features.3"].bits)))
+    plan = PrecisionPlan(layers)
+    space.freeze(plan)
+    exact = ev.cost(plan)
+    expected = CostModel(space, target, ev.model(uniform_plan(graph, 8)))()
+    assert float(expected.cycles) == pytest.approx(exact.cycles, rel=1e-6)
+    assert float(expected.ram_bytes) == pytest.approx(exact.arena_bytes, abs=4)  # a chain: arena = lower bound
+    # the expected flash ignores per-row byte padding, which is below one byte per kept row
+    rows = sum(lp.kept for lp in plan.layers.values())
+    assert exact.flash_bytes - rows <= float(expected.flash_bytes) <= exact.flash_bytes + 1e-3
+
+
+@pytest.mark.host_c
+def test_cost_figures_equal_the_generated_c(tmp_path):
+    from codegen.generate import generate_sources
+
+    target = load_target("cortex-m4")
+    graph = build_float_graph(build_model("zoo:resnet8", (1, 12, 12), 10), (1, 12, 12))
+    ev = _evaluator(graph, (1, 12, 12), target)
+    rng = np.random.default_rng(2)
+    plan = PrecisionPlan({l.name: LayerPlan(tuple(int(b) for b in rng.choice([8, 4, 2], l.out_channels)))
+                          for l in graph.weighted})
+    model = ev.model(plan)
+    cost = model_cost(model, target)
+    sources = generate_sources(model, tmp_path / "src")
+    objects = []
+    for name in (f"{sources.name}_weights.c", f"{sources.name}_model.c"):
+        obj = tmp_path / (name + ".o")
+        subprocess.run(["cc", "-std=c99", "-O2", "-c", str(tmp_path / "src" / name), "-I", str(tmp_path / "src"),
+                        "-o", str(obj)], check=True)
+        objects.append(obj)
+    symbols = {}
+    for obj in objects:
+        out = subprocess.run(["nm", "-S", "--size-sort", str(obj)], check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                symbols[parts[3]] = int(parts[1], 16)
+    weights = sum(size for sym, size in symbols.items() if sym.endswith("_weights"))
+    arena = sum(size for sym, size in symbols.items() if "arena" in sym)
+    assert weights == cost.weight_bytes
+    assert arena == cost.arena_bytes
+
+
+@pytest.mark.unit
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])  # each example trains nothing but is not free
+@given(seed=st.integers(0, 10_000), flash_frac=st.floats(0.0, 1.0), ram_frac=st.floats(0.0, 1.0),
+       lat_frac=st.floats(0.0, 1.0), which=st.sets(st.sampled_from(["flash", "ram", "latency"]), min_size=1))
+def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_frac, which):
+    target = load_target("cortex-m4")
+    graph = _REPAIR["graph"]
+    ev = _REPAIR["evaluator"]
+    space = SearchableGraph(graph, _REPAIR["groups"])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for logits in [*space.keep_logits, *space.bit_logits]:
+            logits.copy_(torch.randn(logits.shape, generator=g) * 2)
+    start = space.discrete_plan()
+    low, high = ev.cost(minimal_plan(graph, space.groups, space.choices)), ev.cost(start)
+    fracs = {"flash": flash_frac, "ram": ram_frac, "latency": lat_frac}
+    values = {m: metric_value(low, m) + fracs[m] * (metric_value(high, m) - metric_value(low, m)) for m in which}
+    budgets = Budgets(flash_bytes=int(values["flash"]) + 1 if "flash" in values else None,
+                      ram_bytes=int(values["ram"]) + 4 if "ram" in values else None,
+                      latency_ms=values.get("latency", 0) * 1.0001 if "latency" in values else None)
+    plan, _ = repair(space, start, budgets, ev, CostModel(space, target, ev.model(uniform_plan(graph, 8))))
+    final = ev.cost(plan)
+    for metric, budget in budgets.items():
+        assert metric_value(final, metric) <= budget, metric
+
+
+def _repair_fixture():
+    graph = build_float_graph(build_model("zoo:resnet8", (1, 8, 8), 10), (1, 8, 8))
+    return {"graph": graph, "groups": channel_groups(graph),
+            "evaluator": _evaluator(graph, (1, 8, 8), load_target("cortex-m4"))}
+
+
+_REPAIR = _repair_fixture()
+
+
+@pytest.mark.unit
+def test_unreachable_budget_names_it_and_the_smallest_figure():
+    ds = load_dataset("digits")
+    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
+    with pytest.raises(EdgejpqError, match=r"the flash budget of 1\.0 KiB \(1024 B\) cannot be met: the smallest "
+                                           r"plan reachable .* needs .*KiB"):
+        run_search(graph, ds, load_target("cortex-m4"), SearchConfig(budgets=Budgets(flash_bytes=1024)))
+    with pytest.raises(EdgejpqError, match=r"the ram budget .* cannot be met: the uniform 8-bit model needs"):
+        run_search(graph, ds, load_target("cortex-m4"),
+                   SearchConfig(method="uniform", budgets=Budgets(ram_bytes=64)))
+
+
+@pytest.fixture(scope="module")
+def digits_search():
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    model = build_model("zoo:cnn", ds.input_shape, ds.num_classes)
+    train_float(model, ds, epochs=6, lr=1e-2, batch_size=32)
+    graph = build_float_graph(model, ds.input_shape)
+    target = load_target("cortex-m4")
+    full = Evaluator(graph, calibrate(graph, ds.x_train[:256]), target).cost(uniform_plan(graph, 8))
+    budget = Budgets(flash_bytes=int(0.6 * full.flash_bytes))
+    result = run_search(graph, ds, target, SearchConfig(search_epochs=3, finetune_epochs=1, batch_size=32,
+                                                        budgets=budget))
+    return ds, graph, target, budget, result
+
+
+@pytest.mark.slow
+def test_short_search_meets_budget_and_keeps_accuracy(digits_search):
+    ds, _, _, budget, result = digits_search
+    assert result.cost.flash_bytes <= budget.flash_bytes
+    assert result.accuracy_integer >= result.accuracy_float - 0.08
+    assert abs(result.accuracy_integer - result.accuracy_fake_quant) <= 0.02
+    stages = [r.stage for r in result.history]
+    assert stages == ["search"] * 3 + ["finetune"]
+
+
+@pytest.mark.slow
+def test_hard_and_soft_models_agree_after_a_short_search():
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    model = build_model("zoo:cnn", ds.input_shape, ds.num_classes)
+    train_float(model, ds, epochs=6, lr=1e-2, batch_size=32)
+    graph = build_float_graph(model, ds.input_shape)
+    target = load_target("cortex-m4")
+    from edgejpq.search.run import Trainer
+
+    config = SearchConfig(search_epochs=4, batch_size=32, strength=1.0)
+    ev = Evaluator(graph, calibrate(graph, ds.x_train[:256]), target)
+    space = SearchableGraph(graph, channel_groups(graph))
+    trainer = Trainer(ds, target, config, ev, None)
+    full = ev.cost(uniform_plan(graph, 8))
+    trainer.reference = {m: metric_value(full, m) for m in ("flash", "ram", "latency")}
+    trainer.run(space, "search", 4, search=True, cost_model=CostModel(space, target, ev.model(uniform_plan(graph, 8))))
+    x = torch.from_numpy(ds.x_test)
+    with torch.no_grad():
+        hard = space(x).argmax(1)
+        space.soft = True
+        soft = space(x).argmax(1)
+    assert float((hard == soft).float().mean()) >= 0.95
+    assert space.discrete_plan() != uniform_plan(graph, 8)  # the strength really moved the plan
+
+
+@pytest.mark.slow
+def test_searched_plan_exports_and_is_bit_exact_on_the_host(digits_search, tmp_path):
+    from edgejpq.emulate.host import emulate_host
+    from edgejpq.quant.integerize import quantize_input
+
+    ds, _, _, _, result = digits_search
+    inputs = quantize_input(result.model, ds.x_test)
+    emulation = emulate_host(result.model, inputs, tmp_path)
+    assert emulation.bit_exact, emulation.mismatch
+    accuracy = float((emulation.outputs.reshape(len(inputs), -1).argmax(1) == ds.y_test).mean())
+    assert accuracy == pytest.approx(result.accuracy_integer)
