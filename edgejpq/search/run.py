@@ -279,6 +279,7 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
             if tensor.grad is None:
                 tensor.grad = torch.zeros_like(tensor)
         candidates: list[tuple[float, str, int, int]] = []  # (score, kind, index, channel)
+        fallback: list[tuple[float, str, int, int]] = []
         with torch.no_grad():
             for i, layer in enumerate(space.layers):
                 probs = torch.softmax(space.bit_logits[i].detach().cpu(), dim=1)
@@ -287,9 +288,8 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                         continue
                     j = choices.index(bits)
                     saving = float(sel[i].grad[o, j] - sel[i].grad[o, j - 1])
-                    if saving > 0:
-                        regret = max(float(probs[o, j] - probs[o, j - 1]), 0.0) + 1e-3
-                        candidates.append((regret / saving, "bits", i, o))
+                    regret = max(float(probs[o, j] - probs[o, j - 1]), 0.0) + 1e-3
+                    (candidates if saving > 0 else fallback).append((regret / max(saving, 1e-9), "bits", i, o))
             for g in space.groups.prunable:
                 bits = plan.layers[g.members[0]].bits
                 if sum(1 for b in bits if b) <= 1:
@@ -297,8 +297,12 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                 prob = torch.sigmoid(space.keep_logits[g.index].detach().cpu())
                 for c, b in enumerate(bits):
                     saving = float(keep[g.index].grad[c])
-                    if b and saving > 0 and space.prune:
-                        candidates.append(((float(prob[c]) + 1e-3) / saving, "prune", g.index, c))
+                    if b and space.prune:
+                        (candidates if saving > 0 else fallback).append(
+                            ((float(prob[c]) + 1e-3) / max(saving, 1e-9), "prune", g.index, c))
+        # The gradient is a local estimate: where it promises no saving (run splits, say) but the budget is
+        # still missed, any remaining move leads towards the minimal plan, so take the least regretted one.
+        candidates = candidates or fallback
         if not candidates:
             metric, budget = violated[0]
             floor = metric_value(evaluator.cost(minimal_plan(space.graph, space.groups, choices)), metric)
