@@ -1,17 +1,25 @@
-"""Load training data: Fashion-MNIST / any IDX folder, sklearn digits, or a user's .npz.
+"""Load training data: Fashion-MNIST / any IDX folder, sklearn digits, MNIST-1D, a folder of
+images, or a user's .npz.
 
 Every loader returns a `Dataset` of float32 inputs shaped (N, C, H, W) or (N, C, L) and
 int64 labels 0..K-1. Anything wrong with the user's files raises EdgejpqError naming the
-file, key or byte offset at fault.
+file, key or byte offset at fault. Nothing is downloaded: MNIST-1D is generated locally.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
+import os
+import random
+import tempfile
+import warnings
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +37,8 @@ ACCEPTED_SPECS = (
     "idx:PATH",
     "digits",
     "npz:PATH",
+    "mnist1d",
+    "imagefolder:PATH",
 )
 
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
@@ -200,7 +210,7 @@ def _load_debian_fashion_mnist() -> Dataset:
 
 
 def _stratified_split(
-    x: np.ndarray, y: np.ndarray, where: str
+    x: np.ndarray, y: np.ndarray, where: str, remedy: str = "provide x_test and y_test explicitly"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split  # deferred: sklearn import is slow
 
@@ -210,8 +220,7 @@ def _stratified_split(
         )
     except ValueError as exc:  # e.g. a class with a single sample cannot be stratified
         raise EdgejpqError(
-            f"{where}: cannot make a stratified {int(TEST_FRACTION * 100)}% test split ({exc}); "
-            "provide x_test and y_test explicitly"
+            f"{where}: cannot make a stratified {int(TEST_FRACTION * 100)}% test split ({exc}); {remedy}"
         ) from exc
     return x_train, x_test, y_train, y_test
 
@@ -297,16 +306,273 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# MNIST-1D (generated locally by the mnist1d package, cached in the user's cache folder)
+
+# The package's default arguments make 5000 samples of length 40 in 10 classes, split 80/20;
+# the seed is pinned here so `mnist1d` always means the same data (it is also the package default).
+MNIST1D_SEED = 42
+MNIST1D_NUM_CLASSES = 10
+MNIST1D_SHAPES = {"x_train": (4000, 1, 40), "y_train": (4000,), "x_test": (1000, 1, 40), "y_test": (1000,)}
+# Bump when the cached file's layout or content changes, so stale caches are regenerated.
+MNIST1D_CACHE_SCHEMA = 1
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/edgejpq, else ~/.cache/edgejpq (the XDG spec says to ignore a relative XDG_CACHE_HOME)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    return root / "edgejpq"
+
+
+def _mnist1d_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        raise EdgejpqError(
+            "data spec 'mnist1d' needs the mnist1d package, which generates the data locally: "
+            "pip install 'mnist1d>=0.0.2,<0.1' (or reinstall edgejpq, which depends on it)"
+        ) from None
+
+
+def mnist1d_cache_path() -> Path:
+    """Where the generated arrays are cached; the name changes with the mnist1d version, seed and layout."""
+    version = "".join(c if c.isalnum() or c in ".-" else "_" for c in _mnist1d_version())
+    return user_cache_dir() / f"mnist1d-v{MNIST1D_CACHE_SCHEMA}-pkg{version}-seed{MNIST1D_SEED}.npz"
+
+
+def _mnist1d_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with a set of MNIST-1D arrays, or None if they have the documented layout."""
+    for key, shape in MNIST1D_SHAPES.items():
+        if key not in arrays:
+            return f"missing array {key!r}"
+        a = arrays[key]
+        dtype = np.float32 if key.startswith("x") else np.int64
+        if a.shape != shape or a.dtype != dtype:
+            return f"array {key!r} is {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}"
+        if key.startswith("x") and not np.isfinite(a).all():
+            return f"array {key!r} holds NaN or infinite values"
+        if key.startswith("y") and (a.min() < 0 or a.max() >= MNIST1D_NUM_CLASSES):
+            return f"array {key!r} holds labels outside 0..{MNIST1D_NUM_CLASSES - 1}"
+    return None
+
+
+def _generate_mnist1d() -> dict[str, np.ndarray]:
+    try:
+        import mnist1d.data
+    except ImportError as exc:
+        raise EdgejpqError(f"data spec 'mnist1d': cannot import the mnist1d package ({exc}); "
+                           "pip install 'mnist1d>=0.0.2,<0.1'") from exc
+    args = mnist1d.data.get_dataset_args()
+    args.seed = MNIST1D_SEED
+    # make_dataset seeds the global `random` and numpy generators; restore them so that loading
+    # data does not change the random numbers the caller draws next.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgejpq-mnist1d-") as tmp:
+            # download=False, regenerate=True: generate locally. The package's default downloads a
+            # pickle from GitHub; the pickle it writes here is discarded (we cache plain arrays).
+            raw = mnist1d.data.get_dataset(args, path=os.path.join(tmp, "mnist1d.pkl"), verbose=False,
+                                           download=False, regenerate=True)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    # Values are kept as generated (centred, unit variance): only cast, and add the channel axis.
+    arrays = {
+        "x_train": np.asarray(raw["x"], dtype=np.float32)[:, None, :],
+        "y_train": np.asarray(raw["y"], dtype=np.int64),
+        "x_test": np.asarray(raw["x_test"], dtype=np.float32)[:, None, :],
+        "y_test": np.asarray(raw["y_test"], dtype=np.int64),
+    }
+    problem = _mnist1d_problem(arrays)
+    if problem is not None:
+        raise EdgejpqError(f"mnist1d {_mnist1d_version()} generated unexpected data ({problem}); edgejpq expects the "
+                           "layout of mnist1d 0.0.2: pip install 'mnist1d>=0.0.2,<0.1'")
+    return arrays
+
+
+def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None (with a warning if the file exists but is unusable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as exc:  # np.load raises several types for a damaged file
+        problem: str | None = f"unreadable ({type(exc).__name__}: {exc})"
+    else:
+        problem = _mnist1d_problem(arrays)
+    if problem is not None:
+        warnings.warn(f"MNIST-1D cache {path} is damaged ({problem}); generating the data again", stacklevel=3)
+        return None
+    return arrays
+
+
+def load_mnist1d() -> Dataset:
+    """MNIST-1D: (4000, 1, 40) train and (1000, 1, 40) test float32 signals, 10 classes; never downloads."""
+    path = mnist1d_cache_path()
+    arrays = _read_mnist1d_cache(path)
+    if arrays is None:
+        arrays = _generate_mnist1d()
+        from edgejpq.artifact import atomic_write_bytes  # deferred: artifact imports pydantic
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Atomic, so a concurrent or interrupted run never leaves a half-written cache behind.
+            atomic_write_bytes(path, buffer.getvalue())
+        except (OSError, EdgejpqError) as exc:  # the cache only saves time: the data itself is fine
+            warnings.warn(f"cannot cache MNIST-1D in {path} ({exc}); it will be generated again next time "
+                          "(set XDG_CACHE_HOME to a writable folder)", stacklevel=2)
+    return Dataset("mnist1d", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   MNIST1D_NUM_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# a folder of images, one sub-folder per class
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pnm")
+_GRAY_MODES = frozenset({"1", "L", "LA", "La"})
+_IMAGEFOLDER_LAYOUT = ("one sub-folder per class holding PNG/JPEG/PGM images (PATH/cat/1.png, PATH/dog/2.png), "
+                       "optionally inside train/ and test/ sub-folders")
+
+
+@dataclass(frozen=True)
+class _LoadedImage:
+    path: Path
+    label: int
+    image: Any  # PIL.Image.Image, pixels loaded
+    gray: bool
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    # Hidden folders (.git, .ipynb_checkpoints) are not classes.
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    files = sorted(
+        (p for p in class_dir.rglob("*")
+         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+         and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)),
+        key=str,
+    )
+    if not files:
+        raise EdgejpqError(f"class folder {class_dir} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+                           "add images or remove the folder")
+    return files
+
+
+def _read_image(path: Path, label: int) -> _LoadedImage:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, inside the try, so a truncated file is reported here
+    except Exception as exc:  # Pillow raises OSError, UnidentifiedImageError, SyntaxError, ...
+        raise EdgejpqError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc}); "
+                           "replace or remove the file") from exc
+    if im.mode.startswith(("I", "F")):  # 'I', 'I;16', 'F': 16/32-bit integer or float pixels
+        raise EdgejpqError(f"{path}: {im.mode} image (16-bit or floating-point pixels) is not supported; "
+                           "save it as 8-bit grayscale or RGB")
+    gray = im.mode in _GRAY_MODES
+    if im.mode in ("P", "PA"):  # a palette image is grayscale if every palette colour it uses is gray
+        rgb = np.asarray(im.convert("RGB"))
+        gray = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    return _LoadedImage(path, label, im, gray)
+
+
+def _images_to_array(images: list[_LoadedImage], channels: int) -> np.ndarray:
+    mode = "L" if channels == 1 else "RGB"
+    planes = []
+    for item in images:
+        try:
+            pixels = np.asarray(item.image.convert(mode), dtype=np.uint8)
+        except Exception as exc:
+            raise EdgejpqError(f"{item.path}: cannot convert its {item.image.mode} pixels to {mode} "
+                               f"({type(exc).__name__}: {exc}); save it as 8-bit grayscale or RGB") from exc
+        planes.append(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
+    return np.stack(planes).astype(np.float32) / np.float32(255.0)
+
+
+def _check_same_size(images: list[_LoadedImage]) -> None:
+    sizes = Counter(item.image.size for item in images)
+    (width, height), count = sizes.most_common(1)[0]
+    for item in images:
+        if item.image.size != (width, height):
+            w, h = item.image.size
+            raise EdgejpqError(f"{item.path}: image is {w}x{h} pixels (width x height) but {count} of the "
+                               f"{len(images)} images are {width}x{height}; all images must share one size "
+                               "(resize them first)")
+
+
+def load_image_folder(folder: str | Path) -> Dataset:
+    """Images in one sub-folder per class (sorted by name = label order), optionally under train/ and test/.
+
+    All images become grayscale (1 channel) or RGB (3 channels), whichever most images are (a tie keeps
+    colour); values are pixel / 255. Without train/ and test/ a stratified 80/20 split (seed 0) is made.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise EdgejpqError(f"image folder {root} does not exist; it must hold {_IMAGEFOLDER_LAYOUT}")
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise EdgejpqError(f"data spec imagefolder:{root} needs Pillow to read images: pip install 'pillow>=10'") from None
+    train_dir, test_dir = root / "train", root / "test"
+    split_given = train_dir.is_dir() or test_dir.is_dir()
+    if split_given and not (train_dir.is_dir() and test_dir.is_dir()):
+        present, missing = ("train", "test") if train_dir.is_dir() else ("test", "train")
+        raise EdgejpqError(f"{root}: has a {present}/ sub-folder but no {missing}/; give both train/ and test/ "
+                           "(each with one sub-folder per class) or neither (a stratified 80/20 split is then made)")
+    class_root = train_dir if split_given else root
+    class_dirs = _class_folders(class_root)
+    if not class_dirs:
+        loose = [p.name for p in class_root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        hint = f" (it holds {len(loose)} images directly: move them into class sub-folders)" if loose else ""
+        raise EdgejpqError(f"image folder {class_root} has no class sub-folders{hint}; it must hold {_IMAGEFOLDER_LAYOUT}")
+    classes = [d.name for d in class_dirs]
+    train_images = [_read_image(p, label) for label, d in enumerate(class_dirs) for p in _image_files(d)]
+    test_images: list[_LoadedImage] = []
+    if split_given:
+        for d in _class_folders(test_dir):
+            if d.name not in classes:
+                raise EdgejpqError(f"{d}: test class {d.name!r} has no folder in {train_dir}; every test class must "
+                                   f"also be a training class (training classes: {', '.join(classes)})")
+            test_images += [_read_image(p, classes.index(d.name)) for p in _image_files(d)]
+        if not test_images:
+            raise EdgejpqError(f"{test_dir}: holds no class sub-folders with images; it must hold {_IMAGEFOLDER_LAYOUT}")
+    everything = train_images + test_images
+    _check_same_size(everything)
+    gray_count = sum(item.gray for item in everything)
+    channels = 1 if gray_count > len(everything) - gray_count else 3
+    x = _images_to_array(train_images, channels)
+    y = np.array([item.label for item in train_images], dtype=np.int64)
+    if split_given:
+        x_train, y_train = x, y
+        x_test = _images_to_array(test_images, channels)
+        y_test = np.array([item.label for item in test_images], dtype=np.int64)
+    else:
+        x_train, x_test, y_train, y_test = _stratified_split(
+            x, y, str(root), remedy="add more images per class, or give train/ and test/ sub-folders")
+    return Dataset(root.resolve().name or "imagefolder", x_train, y_train, x_test, y_test, len(classes))
+
+
+# ---------------------------------------------------------------------------------------------
 # public entry points
 
 
 def load_dataset(spec: str) -> Dataset:
-    """Load a dataset from a spec: fashion-mnist[:PATH], idx:PATH, digits or npz:PATH."""
+    """Load a dataset from a spec: fashion-mnist[:PATH], idx:PATH, digits, npz:PATH, mnist1d or imagefolder:PATH."""
     kind, sep, arg = spec.partition(":")
     if spec == "fashion-mnist":
         return _load_debian_fashion_mnist()
     if spec == "digits":
         return _load_digits()
+    if spec == "mnist1d":
+        return load_mnist1d()
     if sep and arg:
         if kind == "fashion-mnist":
             return load_idx_folder(arg, "fashion-mnist")
@@ -314,6 +580,8 @@ def load_dataset(spec: str) -> Dataset:
             return load_idx_folder(arg, Path(arg).name or "idx")
         if kind == "npz":
             return load_npz(arg)
+        if kind == "imagefolder":
+            return load_image_folder(arg)
     raise EdgejpqError(f"unknown dataset spec {spec!r}; accepted specs: {', '.join(ACCEPTED_SPECS)}")
 
 
