@@ -29,6 +29,7 @@ MARKER = "edgejpq-generated.txt"
 DEFAULT_GOLDEN_SAMPLES = 4
 GOLDEN_SEED = 0
 COMMON_HEADERS = ("ejq_kernels.h", "ejq_fixedpoint.h")
+BASE_KERNEL_SET = "portable"
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,23 @@ class GeneratedSources:
 
 
 def kernel_sets() -> tuple[str, ...]:
-    """The kernel sets shipped in firmware_templates/kernels/ (e.g. "portable")."""
+    """The kernel sets shipped in firmware_templates/kernels/ (e.g. "portable", "dsp")."""
     root = templates_dir() / "kernels"
     return tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))))
+
+
+def kernel_set_files(kernels: str) -> dict[str, Path]:
+    """File name → source of every kernel file of a set.
+
+    A set other than the portable one overrides the portable files it holds and takes the others
+    (pooling, add, concat, copy and their headers) from the portable set, so each piece of C
+    exists once.
+    """
+    root = templates_dir() / "kernels"
+    files = {p.name: p for p in sorted((root / BASE_KERNEL_SET).iterdir()) if p.suffix in (".c", ".h")}
+    if kernels != BASE_KERNEL_SET:
+        files.update({p.name: p for p in sorted((root / kernels).iterdir()) if p.suffix in (".c", ".h")})
+    return files
 
 
 def _resolve_name(model: QuantizedModel, name: str | None) -> str:
@@ -104,10 +119,10 @@ def _check_out_dir(out_dir: Path) -> None:
 
 def _render_files(ctx: ModelContext, golden_in: np.ndarray, golden_out: np.ndarray) -> dict[str, str]:
     kernel_dir = templates_dir() / "kernels"
-    set_dir = kernel_dir / ctx.kernels
+    set_files = kernel_set_files(ctx.kernels)
     headers = {h: kernel_dir / h for h in COMMON_HEADERS}
-    headers.update({p.name: p for p in sorted(set_dir.glob("*.h"))})
-    sources = {s: set_dir / s for s in ctx.kernel_sources}
+    headers.update({name: path for name, path in set_files.items() if name.endswith(".h")})
+    sources = {s: set_files.get(s, kernel_dir / ctx.kernels / s) for s in ctx.kernel_sources}
     n = ctx.name
     files: dict[str, str] = {
         f"{n}_model.h": render("model.h.j2", m=ctx),

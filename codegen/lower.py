@@ -24,7 +24,10 @@ from edgejpq.errors import EdgejpqError
 from edgejpq.quant.packing import row_bytes
 from edgejpq.quant.reference import unpacked_weights
 
+from codegen import dsp_layout
 from codegen.literals import c_identifier
+
+DSP_KERNEL_SET = "dsp"
 
 # Kernel function -> the source file (in every kernel set) that defines it.
 KERNEL_SOURCES: dict[str, str] = {
@@ -86,6 +89,8 @@ class ConvStruct:
     output_offset: int
     act_min: int
     act_max: int
+    scratch: str
+    scratch_bytes: int
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class FcStruct:
     output_offset: int
     act_min: int
     act_max: int
+    scratch: str
+    scratch_bytes: int
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ class ModelContext:
     output_zero_point: int
     arena_bytes: int
     weight_bytes: int
+    scratch_bytes: int  # the kernels' scratch buffer (DSP set), 0 if none
     tensors: tuple[TensorRef, ...]
     arrays: tuple[ConstArray, ...]
     steps: tuple[Step, ...]
@@ -253,9 +261,11 @@ def _check_range(value: int, bits: int, what: str) -> int:
 
 
 class _Lowering:
-    def __init__(self, model: QuantizedModel, name: str) -> None:
+    def __init__(self, model: QuantizedModel, name: str, kernels: str) -> None:
         self.model = model
         self.name = name
+        self.kernels = kernels
+        self.scratch_bytes = 0
         self.arrays: list[ConstArray] = []
         order = tensor_order(model)
         self.refs = {t: self._tensor_ref(i, model.tensors[t]) for i, t in enumerate(order)}
@@ -300,8 +310,19 @@ class _Lowering:
         prefix = f"{self.name}_l{index}_{c_identifier(op.name)}"
         k = weight_k(op, model.tensors)
         label = f"layer {op.name} (op {index})"
-        weights = self._const(f"{prefix}_weights", "uint8_t", model.arrays[f"{op.name}.weights"],
-                              f"{label}: packed weight rows, {k} weights a row")
+        packed = model.arrays[f"{op.name}.weights"]
+        layout = "packed weight rows"
+        scratch, scratch_bytes = "NULL", 0
+        if self.kernels == DSP_KERNEL_SET:
+            scratch_bytes = dsp_layout.scratch_bytes(op, model.tensors)
+            self.scratch_bytes = max(self.scratch_bytes, scratch_bytes)
+            scratch = f"{self.name}_scratch.bytes"
+            if not (isinstance(op, Conv2D) and op.depthwise):
+                rows = unpacked_weights(op, model)
+                packed = np.concatenate([dsp_layout.dsp_pack_run(rows[r.start: r.start + r.count], r.bits)
+                                         for r in op.runs])
+                layout = "weight rows in the DSP set's channel groups"
+        weights = self._const(f"{prefix}_weights", "uint8_t", packed, f"{label}: {layout}, {k} weights a row")
         bias = self._const(f"{prefix}_bias", "int32_t", model.arrays[f"{op.name}.bias"], f"{label}: bias")
         mult = self._const(f"{prefix}_multiplier", "int32_t", model.arrays[f"{op.name}.multiplier"],
                            f"{label}: Q31 requantization multipliers")
@@ -331,7 +352,7 @@ class _Lowering:
                 in_c=self.u16(inp.shape[2], op.name, "input channels"),
                 out_c=self.u16(out.shape[2], op.name, "output channels"),
                 input_offset=-inp.zero_point, output_offset=model.tensors[op.output].zero_point,
-                act_min=op.act_min, act_max=op.act_max)
+                act_min=op.act_min, act_max=op.act_max, scratch=scratch, scratch_bytes=scratch_bytes)
             block = ParamBlock("ejq_conv_params", f"{prefix}_params", (params,), is_array=False)
             kind = "dwconv2d" if op.depthwise else "conv2d"
             summary = (f"{'depthwise ' if op.depthwise else ''}conv {op.kernel[0]}x{op.kernel[1]} "
@@ -341,7 +362,8 @@ class _Lowering:
             params = FcStruct(in_size=_check_range(inp.size, 32, f"layer {op.name}: input size"),
                               out_size=self.u16(out.shape[2], op.name, "output size"),
                               input_offset=-inp.zero_point, output_offset=model.tensors[op.output].zero_point,
-                              act_min=op.act_min, act_max=op.act_max)
+                              act_min=op.act_min, act_max=op.act_max, scratch=scratch,
+                              scratch_bytes=scratch_bytes)
             block = ParamBlock("ejq_fc_params", f"{prefix}_params", (params,), is_array=False)
             kind = "fc"
             summary = f"fully connected: {op.input} {inp.shape} -> {op.output} {out.shape}"
@@ -416,7 +438,7 @@ class _Lowering:
 
 def lower_model(model: QuantizedModel, name: str, kernels: str = "portable") -> ModelContext:
     """Build the template context for `model`; `name` must already be a valid C identifier."""
-    lowering = _Lowering(model, name)
+    lowering = _Lowering(model, name, kernels)
     steps = []
     for index, op in enumerate(model.ops):
         if isinstance(op, (Conv2D, FullyConnected)):
@@ -439,4 +461,4 @@ def lower_model(model: QuantizedModel, name: str, kernels: str = "portable") -> 
         input_scale=inp.scale, input_zero_point=inp.zero_point,
         output_scale=out.scale, output_zero_point=out.zero_point,
         arena_bytes=model.layout.arena_bytes, weight_bytes=model.weight_bytes,
-        tensors=tuple(lowering.refs.values()), arrays=tuple(lowering.arrays), steps=tuple(steps))
+        scratch_bytes=(lowering.scratch_bytes + 3) // 4 * 4, tensors=tuple(lowering.refs.values()), arrays=tuple(lowering.arrays), steps=tuple(steps))

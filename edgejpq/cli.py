@@ -225,56 +225,151 @@ def generate(
 # --------------------------------------------------------------------------- emulate
 
 
-@app.command(epilog="Example: `edgejpq emulate model.ejq --data fashion-mnist --limit 1000 --json`")
+RANDOM_SAMPLES = 64
+
+
+@app.command(epilog="Examples: `edgejpq emulate model.ejq --data fashion-mnist --limit 1000 --json`; "
+                    "`edgejpq emulate model.ejq --target cortex-m4 --qemu --data fashion-mnist --limit 500`")
 @user_errors
 def emulate(
     model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file.")],
-    data: Annotated[str, typer.Option(help="Labelled data set; its test split is streamed through the C build.")],
+    data: Annotated[Optional[str], typer.Option(
+        help="Labelled data set; its test split is streamed through the C build. Without it: "
+             f"seeded random inputs (--limit of them, default {RANDOM_SAMPLES}), no accuracy.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N test samples.")] = None,
+    qemu: Annotated[bool, typer.Option("--qemu", help="Cross-compile for --target and run in qemu-system-arm: "
+                                                      "also reports flash, RAM and instruction counts.")] = False,
+    target: Annotated[Optional[str], typer.Option(
+        help="With --qemu: target name or YAML file (default cortex-m4); its compiler flags, kernel set and "
+             "QEMU machine are used.")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="With --qemu: seconds one QEMU run may take.")] = 600.0,
     save_outputs: Annotated[Optional[Path], typer.Option(help="Save the C path's raw int8 outputs (.npy).")] = None,
-    sanitize: Annotated[bool, typer.Option(help="Build with -fsanitize=address,undefined.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(help="Keep the generated sources and runner here.")] = None,
+    sanitize: Annotated[bool, typer.Option(help="Host build: compile with -fsanitize=address,undefined.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(help="Keep the generated sources and build here.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the generated C with the host compiler, stream the data through it, compare every byte."""
-    from edgejpq.artifact import load_model
-    from edgejpq.data import load_dataset
-    from edgejpq.emulate.host import emulate_host
-    from edgejpq.quant.integerize import quantize_input
+    """Build the generated C (host gcc, or a Cortex-M target in QEMU), stream inputs through it, compare every byte.
 
+    With `--qemu` the firmware runs many samples per QEMU start and the summary adds the model's
+    flash (weights, kernel code, total) and RAM (arena, stack high-water mark), and exact
+    instructions per layer and per inference with a cycle estimate from the target's timings.
+    """
+    from edgejpq.artifact import load_model
+
+    if target is not None and not qemu:
+        raise EdgejpqError("--target selects the QEMU target: add --qemu (the host build always uses the portable "
+                           "kernels)")
+    if sanitize and qemu:
+        raise EdgejpqError("--sanitize applies to the host build only: drop it or --qemu")
     qmodel = load_model(model_file)
     if save_outputs is not None:
         _check_output_folder(save_outputs)
-    ds = load_dataset(data)
-    n = len(ds.x_test) if limit is None else min(limit, len(ds.x_test))
-    inputs = quantize_input(qmodel, ds.x_test[:n])
-    labels = ds.y_test[:n]
+    if data is not None:
+        from edgejpq.data import load_dataset
+        from edgejpq.quant.integerize import quantize_input
+
+        ds = load_dataset(data)
+        n = len(ds.x_test) if limit is None else min(limit, len(ds.x_test))
+        inputs = quantize_input(qmodel, ds.x_test[:n])
+        labels: Optional[np.ndarray] = ds.y_test[:n]
+    else:
+        n = limit or RANDOM_SAMPLES
+        inputs = np.random.default_rng(0).integers(-128, 128, size=(n, *qmodel.input_info.shape), dtype=np.int8)
+        labels = None
     with tempfile.TemporaryDirectory(prefix="edgejpq-emulate-") as tmp:
         folder = workdir if workdir is not None else Path(tmp)
         with _progress() as progress:
-            task = progress.add_task("host C inference", total=n)
-            result = emulate_host(qmodel, inputs, folder, sanitize=sanitize,
-                                  on_progress=lambda done: progress.update(task, completed=done))
+            if qemu:
+                from edgejpq.cost.target import load_target
+                from edgejpq.emulate.qemu import emulate_qemu
+
+                spec = load_target(target or "cortex-m4")
+                task = progress.add_task(f"QEMU {spec.qemu.machine if spec.qemu else spec.name} inference", total=n)
+                result = emulate_qemu(qmodel, inputs, folder, spec, timeout=timeout,
+                                      on_progress=lambda done: progress.update(task, completed=done))
+            else:
+                from edgejpq.emulate.host import emulate_host
+
+                task = progress.add_task("host C inference", total=n)
+                result = emulate_host(qmodel, inputs, folder, sanitize=sanitize,
+                                      on_progress=lambda done: progress.update(task, completed=done))
     if save_outputs is not None:
         from edgejpq.artifact import atomic_write_bytes
 
         buffer = io.BytesIO()
         np.save(buffer, result.outputs)
         atomic_write_bytes(save_outputs, buffer.getvalue())
-    accuracy = _accuracy(result.outputs, labels)
+    accuracy = None if labels is None else _accuracy(result.outputs, labels)
     mismatch = None if result.mismatch is None else str(result.mismatch)
-    rows = [("model", f"{qmodel.name} ({qmodel.short_hash})"), ("samples", n),
+    rows = [("model", f"{qmodel.name} ({qmodel.short_hash})"),
+            ("samples", n if data is not None else f"{n} (seeded random inputs)"),
             ("bit-exact vs reference", "yes" if result.bit_exact else f"NO: {mismatch}"),
             ("accuracy (C path)", _pct(accuracy)), ("weight bytes", qmodel.weight_bytes),
-            ("arena bytes", qmodel.layout.arena_bytes),
-            ("throughput", f"{n / max(result.run_seconds, 1e-9):.0f} inferences/s (host)")]
-    _summary(f"edgejpq emulate (host gcc{', sanitizers' if sanitize else ''})", rows, as_json,
-             {"bit_exact": result.bit_exact, "samples": n, "accuracy": accuracy,
-              "arena_bytes": qmodel.layout.arena_bytes, "weight_bytes": qmodel.weight_bytes,
-              "hash": qmodel.content_hash, "mismatch": mismatch,
-              "inferences_per_second": n / max(result.run_seconds, 1e-9)})
+            ("arena bytes", qmodel.layout.arena_bytes)]
+    payload: dict[str, Any] = {
+        "bit_exact": result.bit_exact, "samples": n, "accuracy": accuracy,
+        "arena_bytes": qmodel.layout.arena_bytes, "weight_bytes": qmodel.weight_bytes,
+        "hash": qmodel.content_hash, "mismatch": mismatch}
+    if qemu:
+        title = _qemu_summary(qmodel, spec, result, rows, payload)
+    else:
+        seconds = result.run_seconds
+        rows.append(("throughput", f"{n / max(seconds, 1e-9):.0f} inferences/s (host)"))
+        payload["inferences_per_second"] = n / max(seconds, 1e-9)
+        title = f"edgejpq emulate (host gcc{', sanitizers' if sanitize else ''})"
+    _summary(title, rows, as_json, payload)
     if not result.bit_exact:
         raise typer.Exit(1)
+
+
+def _qemu_summary(qmodel: Any, spec: Any, result: Any, rows: list[tuple[str, Any]], payload: dict[str, Any]) -> str:
+    """Per-layer table (printed) and the QEMU rows / JSON keys of `emulate --qemu`."""
+    fw, sizes = result.firmware, result.sizes
+    cycles = result.cycles_estimate_per_inference
+    per_inference = result.instructions_per_inference
+    if result.ops:
+        profiled = len(result.run.counts.per_inference)
+        table = Table(title=f"instructions per inference by layer ({spec.name}, mean of {profiled})",
+                      title_justify="left")
+        for col in ("op", "layer", "kind", "instructions", "share", "est. cycles"):
+            table.add_column(col, justify="right" if col in ("instructions", "share", "est. cycles") else "left")
+        for op_counts, op in zip(result.ops, qmodel.ops):
+            share = op_counts.instructions / per_inference if per_inference else 0.0
+            table.add_row(str(op_counts.index), op_counts.name, op.kind, f"{op_counts.instructions:,.0f}",
+                          f"{100 * share:.1f}%",
+                          "" if op_counts.cycles_estimate is None else f"{op_counts.cycles_estimate:,.0f}")
+        console.print(table)
+    lo, hi = result.instructions_min_max or (0, 0)
+    rows += [
+        ("target", f"{spec.name} ({spec.core}, {fw.kernels} kernels) on QEMU {spec.qemu.machine}"),
+        ("instructions / inference", f"{per_inference:,.0f} (min {lo:,}, max {hi:,})" if per_inference else "n/a"),
+        ("est. cycles / inference",
+         "n/a (no latency.instruction_cycles)" if cycles is None
+         else f"{cycles:,.0f} = {1e3 * cycles / spec.clock_hz:.3f} ms at {spec.clock_hz / 1e6:g} MHz"),
+        ("flash: weights / constants", f"{sizes.weight_bytes:,} / {sizes.constant_bytes:,} B"),
+        ("flash: kernels / model code / runtime",
+         f"{sizes.kernel_code_bytes:,} / {sizes.model_code_bytes:,} / {sizes.runtime_bytes:,} B"),
+        ("flash: model total", f"{sizes.flash_bytes:,} B of {spec.model_flash_budget:,} "
+                               f"(whole QEMU image {sizes.firmware_flash_bytes:,} B)"),
+        ("RAM: static (arena {:,}) + stack".format(qmodel.layout.arena_bytes),
+         f"{sizes.static_ram_bytes:,} + {result.run.stack_bytes:,} = {result.ram_bytes:,} B of {spec.model_ram_budget:,}"),
+        ("QEMU time", f"{result.run.seconds:.2f} s run, {fw.build_seconds:.2f} s build"),
+    ]
+    payload.update({
+        "target": spec.name, "machine": spec.qemu.machine if spec.qemu else None,
+        "instructions_per_inference": per_inference,
+        "instructions_min_max": list(result.instructions_min_max) if result.instructions_min_max else None,
+        "cycles_estimate_per_inference": cycles,
+        "flash_bytes": sizes.flash_bytes, "ram_bytes": result.ram_bytes,
+        "flash": {"weights": sizes.weight_bytes, "constants": sizes.constant_bytes,
+                  "kernels": sizes.kernel_code_bytes, "model_code": sizes.model_code_bytes,
+                  "runtime": sizes.runtime_bytes, "total": sizes.flash_bytes},
+        "ram": {"arena": qmodel.layout.arena_bytes, "static": sizes.static_ram_bytes,
+                "stack": result.run.stack_bytes, "total": result.ram_bytes},
+        "layers": [{"op": o.name, "instructions": o.instructions, "cycles_estimate": o.cycles_estimate}
+                   for o in result.ops],
+    })
+    return f"edgejpq emulate (QEMU {spec.qemu.machine if spec.qemu else ''}, target {spec.name})"
 
 
 # --------------------------------------------------------------------------- inspect

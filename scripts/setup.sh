@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES="gcc libc6-dev make dataset-fashion-mnist"
+APT_PACKAGES="gcc libc6-dev make dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm"
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then APT_PACKAGES="$APT_PACKAGES python3-venv"; fi
 missing=""
 for pkg in $APT_PACKAGES; do

@@ -359,7 +359,7 @@ def test_default_name_is_sanitized(tmp_path: Path) -> None:
 
 
 def test_unknown_kernel_set_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(EdgejpqError, match="available: portable"):
+    with pytest.raises(EdgejpqError, match="available: dsp, portable"):
         generate_sources(random_model(1), tmp_path / "fw", kernels="no_such_set")
 
 

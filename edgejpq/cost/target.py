@@ -128,6 +128,46 @@ class CyclesPerMac:
 
 
 @dataclass(frozen=True)
+class InstructionCycles:
+    """Cycles per instruction class, turning the QEMU plugin's counts into a cycle estimate.
+
+    Classes are exclusive (edgejpq/emulate/plugin/ejq_count.c): a multi-word load or store costs
+    `load_multiple` (or `store_multiple`) once plus `load_word` (`store_word`) per word; a taken
+    branch (any change of flow, loads into the PC included) adds `taken_branch`; everything not
+    listed (ALU, SIMD, extend, IT) costs `alu`.
+    """
+
+    __pydantic_config__ = _STRICT
+    source: Text
+    alu: Cycles
+    load: Cycles
+    store: Cycles
+    load_multiple: Cycles
+    load_word: Cycles
+    store_multiple: Cycles
+    store_word: Cycles
+    multiply: Cycles  # 32-bit results: MUL, MLA, SMLAD, SMLABB, ...
+    long_multiply: Cycles  # 64-bit results: SMULL, UMLAL, SMLALD, ...
+    divide: Cycles
+    branch: Cycles
+    taken_branch: Cycles  # extra, when the flow changes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Provenance of a calibrated latency table (written by `edgejpq calibrate`)."""
+
+    __pydantic_config__ = _STRICT
+    date: Text  # ISO 8601, UTC
+    tool: Text  # edgejpq version
+    emulator: Text  # QEMU version and machine
+    compiler: Text
+    kernels: Literal["portable", "dsp"]
+    measurements: PositiveInt  # kernel runs the fit used
+    max_relative_error: Cycles  # of the fitted table over those runs
+
+
+@dataclass(frozen=True)
 class Latency:
     __pydantic_config__ = _STRICT
     calibrated: Flag
@@ -138,6 +178,8 @@ class Latency:
     per_output_channel_overhead_cycles: Cycles  # per output value: each kept channel at each pixel
     per_output_pixel_overhead_cycles: Cycles
     elementwise_cycles_per_element: dict[str, Cycles]  # add, pool (per window tap), concat, copy
+    instruction_cycles: Optional[InstructionCycles] = None  # QEMU instruction classes → cycles
+    calibration: Optional[Calibration] = None  # set by `edgejpq calibrate`
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,14 @@
 
 The runner (firmware_templates/runner.c.j2) streams raw int8 bytes: whole input tensors on stdin,
 whole output tensors on stdout, until EOF. Built with EJQ_TRACE_ENABLED, `runner --trace` runs
-one input and writes every tensor after each op, so a mismatch against the numpy reference is
-traced to the first op whose output differs.
-
-Trace format (little-endian): b"EJQT", then records (uint32 tensor index, uint32 n, n bytes),
-closed by the record (0xFFFFFFFF, 0). Tensor indices are positions in model.tensors.
+one input and writes every tensor after each op (the trace format of edgejpq.emulate.common), so a
+mismatch against the numpy reference is traced to the first op whose output differs.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
@@ -26,8 +22,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from edgejpq.artifact import QuantizedModel
+from edgejpq.emulate.common import (TRACE_END, TRACE_MAGIC, Mismatch, ProgressCallback, as_samples, compare_outputs,
+                                    first_errors, parse_trace)
 from edgejpq.errors import EdgejpqError
-from edgejpq.quant.reference import predict, run_reference
 
 if TYPE_CHECKING:  # codegen imports edgejpq; import it lazily at run time
     from codegen.generate import GeneratedSources
@@ -35,10 +32,8 @@ if TYPE_CHECKING:  # codegen imports edgejpq; import it lazily at run time
 COMPILE_FLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror")
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
 _SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
-TRACE_MAGIC = b"EJQT"
-TRACE_END = 0xFFFFFFFF
-
-ProgressCallback = Callable[[int], None]
+__all__ = ["TRACE_END", "TRACE_MAGIC", "HostEmulation", "HostRunner", "Mismatch", "ProgressCallback", "build_host",
+           "compare_with_reference", "emulate_host", "find_compiler", "run_host", "trace_host"]
 
 
 @dataclass(frozen=True)
@@ -53,25 +48,6 @@ class HostRunner:
     tensor_shapes: tuple[tuple[int, int, int], ...]
     sanitize: bool
     build_seconds: float
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    """The first place the C build and the reference disagree."""
-
-    sample: int
-    tensor: str
-    op_index: int  # the op that wrote `tensor`
-    op_name: str
-    index: int  # flat index inside the tensor
-    expected: int
-    got: int
-    traced: bool  # False: only the final outputs were compared
-
-    def __str__(self) -> str:
-        where = "first differing tensor" if self.traced else "output tensor"
-        return (f"sample {self.sample}: {where} {self.tensor} (written by op {self.op_index} {self.op_name}) "
-                f"differs at flat index {self.index}: reference {self.expected}, C {self.got}")
 
 
 @dataclass(frozen=True)
@@ -96,12 +72,6 @@ def find_compiler(compiler: str = "cc") -> str:
     return path
 
 
-def _first_errors(stderr: str, lines: int = 12) -> str:
-    text = stderr.strip().splitlines()
-    first = next((i for i, line in enumerate(text) if "error" in line), 0)
-    return "\n".join(text[first: first + lines])
-
-
 def build_host(model: QuantizedModel, sources: "GeneratedSources", workdir: Path, *, sanitize: bool = False,
                compiler: str = "cc", extra_flags: tuple[str, ...] = ()) -> HostRunner:
     """Compile the generated sources and their runner (with EJQ_TRACE_ENABLED) into `workdir`."""
@@ -124,7 +94,7 @@ def build_host(model: QuantizedModel, sources: "GeneratedSources", workdir: Path
     if result.returncode != 0:
         raise EdgejpqError(f"compiling the generated C for model {model.name} ({model.short_hash}) in {src} failed; "
                            f"this is a bug in edgejpq, please report it with the model file:\n"
-                           f"{_first_errors(result.stderr)}")
+                           f"{first_errors(result.stderr)}")
     names = tensor_order(model)
     return HostRunner(path=exe, model_hash=model.short_hash, input_size=model.input_info.size,
                       output_size=model.output_info.size, tensor_names=names,
@@ -136,10 +106,7 @@ def build_host(model: QuantizedModel, sources: "GeneratedSources", workdir: Path
 
 
 def _as_samples(runner: HostRunner, inputs: np.ndarray) -> np.ndarray:
-    x = np.asarray(inputs)
-    if x.dtype != np.int8 or x.ndim < 1 or (x.size and x[0].size != runner.input_size):
-        raise EdgejpqError(f"inputs must be int8 with {runner.input_size} values per sample, got {x.dtype}{x.shape}")
-    return np.ascontiguousarray(x.reshape(len(x), runner.input_size))
+    return as_samples(inputs, runner.input_size)
 
 
 def _stderr_tail(handle, limit: int = 2000) -> str:
@@ -240,24 +207,7 @@ def trace_host(runner: HostRunner, x: np.ndarray) -> dict[str, np.ndarray]:
     """Run one input (H, W, C) in trace mode; return the input and every tensor an op produced, (H, W, C)."""
     sample = _as_samples(runner, np.asarray(x).reshape(1, -1))
     data = _run(runner, sample.tobytes(), -1, args=("--trace",))
-    if data[:4] != TRACE_MAGIC:
-        raise EdgejpqError(f"host runner {runner.path}: trace output does not start with {TRACE_MAGIC!r}")
-    tensors: dict[str, np.ndarray] = {}
-    pos = 4
-    while True:
-        if pos + 8 > len(data):
-            raise EdgejpqError(f"host runner {runner.path}: trace output truncated at byte {pos}")
-        index, size = struct.unpack_from("<II", data, pos)
-        pos += 8
-        if index == TRACE_END:
-            break
-        if index >= len(runner.tensor_names) or pos + size > len(data):
-            raise EdgejpqError(f"host runner {runner.path}: bad trace record at byte {pos - 8} "
-                               f"(tensor {index}, {size} bytes)")
-        shape = runner.tensor_shapes[index]
-        tensors[runner.tensor_names[index]] = np.frombuffer(data, np.int8, size, pos).reshape(shape).copy()
-        pos += size
-    return tensors
+    return parse_trace(data, runner.tensor_names, runner.tensor_shapes, f"host runner {runner.path}")
 
 
 # --------------------------------------------------------------------------- compare
@@ -271,33 +221,8 @@ def compare_with_reference(model: QuantizedModel, inputs: np.ndarray, c_outputs:
     With `runner`, the first mismatching sample is re-run in trace mode and the mismatch names the
     first tensor (in op order) whose bytes differ and the op that wrote it.
     """
-    x = np.asarray(inputs)
-    n = len(x)
-    expected = predict(model, x) if reference_outputs is None else np.asarray(reference_outputs)
-    expected = expected.reshape(n, -1)
-    got = np.asarray(c_outputs).reshape(n, -1)
-    if expected.shape != got.shape:
-        raise EdgejpqError(f"C outputs have shape {got.shape}, the reference {expected.shape}")
-    rows = np.flatnonzero((expected != got).any(axis=1))
-    if rows.size == 0:
-        return None
-    sample = int(rows[0])
-    producer = {op.output: (i, op.name) for i, op in enumerate(model.ops)}
-    if runner is not None:
-        traced = trace_host(runner, x[sample])
-        reference = run_reference(model, x[sample: sample + 1])
-        for op_index, op in enumerate(model.ops):
-            want = reference[op.output][0].ravel()
-            have = traced.get(op.output)
-            if have is None:
-                continue
-            diff = np.flatnonzero(want != have.ravel())
-            if diff.size:
-                i = int(diff[0])
-                return Mismatch(sample, op.output, op_index, op.name, i, int(want[i]), int(have.ravel()[i]), True)
-    i = int(np.flatnonzero(expected[sample] != got[sample])[0])
-    op_index, op_name = producer[model.output]
-    return Mismatch(sample, model.output, op_index, op_name, i, int(expected[sample, i]), int(got[sample, i]), False)
+    trace = None if runner is None else (lambda x: trace_host(runner, x))
+    return compare_outputs(model, inputs, c_outputs, trace=trace, reference_outputs=reference_outputs)
 
 
 def emulate_host(model: QuantizedModel, inputs: np.ndarray, workdir: Path, *, sanitize: bool = False,

@@ -52,6 +52,8 @@ typedef struct {
     int32_t input_offset;        /* -input zero point */
     int32_t output_offset;       /* +output zero point */
     int32_t act_min, act_max;    /* output clamp, within [-128, 127] */
+    void *scratch;               /* word-aligned work memory of kernels that need it (DSP set), or NULL */
+    uint32_t scratch_bytes;      /* its size */
 } ejq_conv_params;
 
 /* Fully connected: out[channel] from the whole input (in_size elements, memory order). */
@@ -61,6 +63,8 @@ typedef struct {
     int32_t input_offset;
     int32_t output_offset;
     int32_t act_min, act_max;
+    void *scratch;               /* as in ejq_conv_params */
+    uint32_t scratch_bytes;
 } ejq_fc_params;
 
 /* Max / average pooling; average divides by the count of in-bounds elements. */

@@ -1,0 +1,7 @@
+/* DSP convolution, 4-bit weights. */
+#include "ejq_dsp_conv.h"
+
+void ejq_conv2d_s8_w4(const ejq_conv_params *p, const ejq_weight_run *run, const int8_t *in, int8_t *out)
+{
+    ejq_dsp_conv_run(p, run, in, out, 4u);
+}
