@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: train a small CNN on Fashion-MNIST, quantize it to int8,
-# generate the C firmware sources, and prove them bit-exact in the host emulator over the
-# whole 10,000-image test set. Outputs go to out/demo/.
+# The main job on a fresh machine: on Fashion-MNIST, pre-train a small CNN, search which channels
+# to prune and at which precision (2/4/8 bits) to fit a 16 KiB flash budget on the default
+# Cortex-M4 target, generate the C firmware sources, run their golden self-test, and prove them
+# bit-exact in the host emulator over the whole 10,000-image test set. Outputs go to out/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 OUT=out/demo
 mkdir -p "$OUT"
-edgejpq train    --model zoo:cnn --data fashion-mnist --epochs 3 -o "$OUT/float.pt"
-edgejpq export   --model "$OUT/float.pt" --plan uniform:8 --data fashion-mnist -o "$OUT/cnn.ejq"
-edgejpq generate "$OUT/cnn.ejq" -o "$OUT/firmware"
+edgejpq search   --target cortex-m4 --model zoo:cnn --data fashion-mnist --flash 16KiB \
+                 --pretrain-epochs 2 --epochs 2 --finetune-epochs 1 -o "$OUT/run"
+edgejpq generate "$OUT/run/model.ejq" -o "$OUT/firmware"
 make -s -C "$OUT/firmware" test
-edgejpq emulate  "$OUT/cnn.ejq" --data fashion-mnist
+edgejpq emulate  "$OUT/run/model.ejq" --data fashion-mnist
