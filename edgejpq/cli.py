@@ -7,6 +7,7 @@ stdout; a user error prints one line `error: ...` (no traceback) and exits with 
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -450,7 +451,8 @@ def targets(as_json: JsonOpt = False) -> None:
 
 @app.command(epilog="Examples: `edgejpq search --target cortex-m4 --model zoo:resnet8 --data fashion-mnist "
                     "--flash 24KiB --epochs 4 -o runs/r8`; `edgejpq search --model float.pt --data digits "
-                    "--strength 1 -o runs/s1`; `edgejpq search --method uniform --bits 4 ...` (baseline)")
+                    "--strength 1 -o runs/s1`; `edgejpq search --method uniform --bits 4 ...` (baseline); "
+                    "`edgejpq search ... --flash 12KiB,16KiB,24KiB -o runs/sweep` (one run per budget + pareto.png)")
 @user_errors
 def search(
     model: Annotated[str, typer.Option(help="Float checkpoint (.pt from `edgejpq train`) or a model spec "
@@ -458,10 +460,12 @@ def search(
     data: Annotated[str, typer.Option(help="fashion-mnist | digits | mnist1d | npz:PATH | idx:FOLDER | imagefolder:PATH")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (plan.json, model.ejq, report.md, plots).")],
     target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path.")] = "cortex-m4",
-    flash: Annotated[Optional[str], typer.Option(help="Flash budget for the model (weights + constants + code), e.g. 64KiB.")] = None,
-    ram: Annotated[Optional[str], typer.Option(help="RAM budget for the activation arena, e.g. 32KiB.")] = None,
-    latency_ms: Annotated[Optional[float], typer.Option(help="Latency budget in ms at the target clock.")] = None,
-    strength: Annotated[float, typer.Option(help="Loss = task + strength × cost / cost of the 8-bit model.")] = 0.0,
+    flash: Annotated[Optional[str], typer.Option(help="Flash budget for the model (weights + constants + code), e.g. "
+                                                     "64KiB; a list such as 12KiB,16KiB,24KiB sweeps it.")] = None,
+    ram: Annotated[Optional[str], typer.Option(help="RAM budget for the activation arena, e.g. 32KiB (a list sweeps).")] = None,
+    latency_ms: Annotated[Optional[str], typer.Option(help="Latency budget in ms at the target clock (a list sweeps).")] = None,
+    strength: Annotated[str, typer.Option(help="Loss = task + strength × cost / cost of the 8-bit model (a list such "
+                                               "as 0.5,1,2 sweeps).")] = "0",
     objective: Annotated[str, typer.Option(help="The cost --strength scales: flash | ram | latency.")] = "flash",
     method: Annotated[str, typer.Option(help="joint | uniform | two-stage")] = "joint",
     bits: Annotated[int, typer.Option(help="Bit-width of --method uniform.")] = 8,
@@ -483,7 +487,8 @@ def search(
     from edgejpq.data import load_dataset
     from edgejpq.graph import build_float_graph
     from edgejpq.search.report import write_report
-    from edgejpq.search.run import Budgets, SearchConfig, run_search
+    from edgejpq.search.run import SearchConfig, run_search
+    from edgejpq.search.sweep import pareto_point, sweep_points, write_sweep
     from edgejpq.train import save_float_checkpoint, train_float
 
     if method not in ("joint", "uniform", "two-stage"):
@@ -497,8 +502,7 @@ def search(
     elif device == "cuda" and not torch.cuda.is_available():
         raise EdgejpqError("--device cuda: no CUDA device is available here (use cpu or auto)")
     spec = load_target(target)
-    budgets = Budgets(flash_bytes=parse_size(flash, "--flash") if flash else None,
-                      ram_bytes=parse_size(ram, "--ram") if ram else None, latency_ms=latency_ms)
+    points = sweep_points(flash, ram, latency_ms, strength, parse_size)
     if output.exists() and not output.is_dir():
         raise EdgejpqError(f"{output}: exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
@@ -519,38 +523,127 @@ def search(
                                           task, advance=1, description=f"float epoch {e} test {100 * acc:.2f}%"))
             save_float_checkpoint(float_path, net, model_spec=model_spec, data_spec=data, input_shape=ds.input_shape,
                                   num_classes=ds.num_classes, history=history)
-    graph = build_float_graph(net, ds.input_shape)
-    config = SearchConfig(method=method, bits=bits, search_epochs=epochs, finetune_epochs=finetune_epochs,  # type: ignore[arg-type]
-                          strength=strength, objective=objective, budgets=budgets, lr=lr,  # type: ignore[arg-type]
-                          batch_size=batch_size, seed=seed, device=device)
-    total = (epochs + finetune_epochs) if method != "uniform" else epochs + finetune_epochs
+    pareto: list[dict[str, Any]] = []
+    for point in points:
+        run_dir = output / point.label if point.label else output
+        budgets = point.budgets
+        graph = build_float_graph(copy.deepcopy(net), ds.input_shape)
+        config = SearchConfig(method=method, bits=bits, search_epochs=epochs, finetune_epochs=finetune_epochs,  # type: ignore[arg-type]
+                              strength=point.strength, objective=objective, budgets=budgets, lr=lr,  # type: ignore[arg-type]
+                              batch_size=batch_size, seed=seed, device=device)
+        with _progress() as progress:
+            task = progress.add_task(f"{method} search{' ' + point.label if point.label else ''}",
+                                     total=epochs + finetune_epochs)
+
+            def on_epoch(record: Any, task: Any = task, progress: Any = progress, budgets: Any = budgets) -> None:
+                budget_text = " ".join(f"{m} {v:.0f}" for m, v in budgets.items())
+                progress.update(task, advance=1, description=(
+                    f"{record.stage} {record.epoch}: loss {record.loss:.3f} acc {100 * record.test_accuracy:.1f}% "
+                    f"flash {record.flash_bytes / 1024:.1f}K ram {record.ram_bytes / 1024:.1f}K "
+                    f"{record.latency_ms:.2f} ms {('[budgets ' + budget_text + ']') if budget_text else ''}"))
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            result = run_search(graph, ds, spec, config, on_epoch=on_epoch,
+                                checkpoint=run_dir / "search_checkpoint.pt", resume=resume)
+        header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
+                  "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
+                  "epochs": epochs, "finetune_epochs": finetune_epochs, "device": device, "seed": seed}
+        summary = write_report(run_dir, result, spec, header)
+        pareto.append(pareto_point(point, summary, method))
+    if len(points) == 1:
+        cost = result.cost
+        _summary(f"edgejpq search ({method}) → {output}", [
+            ("target", f"{spec.name} ({spec.clock_hz / 1e6:.0f} MHz)"),
+            ("flash", f"{cost.flash_bytes} B (weights {cost.weight_bytes}, constants {cost.constant_bytes}, "
+                      f"code ~{cost.code_bytes})" + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")),
+            ("RAM (arena)", f"{cost.arena_bytes} B" + (f" / budget {budgets.ram_bytes}" if budgets.ram_bytes else "")),
+            ("latency", f"{cost.latency_ms:.3f} ms" + (f" / budget {budgets.latency_ms}" if budgets.latency_ms else "")),
+            ("accuracy float / fake-quant / integer",
+             f"{_pct(result.accuracy_float)} / {_pct(result.accuracy_fake_quant)} / {_pct(result.accuracy_integer)}"),
+            ("wall time", f"{result.seconds:.0f} s"), ("files", "plan.json model.ejq report.md training.png")],
+            as_json, summary)
+        return
+    write_sweep(output, pareto, f"{model_spec} on {data}, {spec.name} ({method})")
+    table = Table(title=f"edgejpq search sweep ({method}) → {output}/", title_justify="left")
+    for column in ("run", "weight B", "flash B", "arena B", "latency ms", "integer acc.", "seconds"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for p in pareto:
+        table.add_row(p["label"], str(p["weight_bytes"]), str(p["flash_bytes"]), str(p["arena_bytes"]),
+                      f"{p['latency_ms']:.3f}", _pct(p["accuracy"]), f"{p['seconds']:.0f}")
+    console.print(table)
+    console.print(f"files: {output}/pareto.png, {output}/sweep.json, one run folder per point")
+    if as_json:
+        print(json.dumps({"sweep": pareto, "model": model_spec, "data": data, "target": spec.name,
+                          "method": method}, sort_keys=True))
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+@app.command(epilog="Examples: `edgejpq calibrate --target cortex-m4` (writes ./cortex-m4.yaml; then "
+                    "`--target ./cortex-m4.yaml` uses it); `edgejpq calibrate --target my.yaml -o my.yaml --quick --json`")
+@user_errors
+def calibrate(
+    target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path; it needs a QEMU "
+                                             "machine.")] = "cortex-m4",
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Target file to write (default: ./<target>.yaml). Use it with `--target PATH`.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 30 kernel runs instead of "
+                                                        "70): a first look, a looser fit.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="QEMU builds and runs in parallel.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure every kernel × bit-width over a grid of shapes in QEMU and fit the target's latency table.
+
+    Each kernel runs alone as a one-layer model built with the target's compiler flags and kernel set
+    (checked bit-exact); exact instruction counts become cycles with the target's
+    `latency.instruction_cycles`; a least-squares fit gives cycles per MAC and the overheads. The
+    target's file is written to `-o` with the fitted `latency:` block and its provenance
+    (`calibrated: true`, date, edgejpq, QEMU and compiler versions, measurements, fit error), never
+    into the installed package: pass `--target` that file to search with it, or copy it over
+    `targets/<name>.yaml` in a checkout to ship it.
+    """
+    from edgejpq.calibrate import calibrate_target, check_calibratable, fit_summary
+    from edgejpq.cost.target import load_target
+
+    spec = load_target(target)
+    check_calibratable(spec)  # a QEMU machine and instruction timings, else a one-line error
+    output = output if output is not None else Path(f"{spec.name}.yaml")
+    _check_output_folder(output)
     with _progress() as progress:
-        task = progress.add_task(f"{method} search", total=total)
-
-        def on_epoch(record: Any) -> None:
-            budget_text = " ".join(f"{m} {v:.0f}" for m, v in budgets.items())
-            progress.update(task, advance=1, description=(
-                f"{record.stage} {record.epoch}: loss {record.loss:.3f} acc {100 * record.test_accuracy:.1f}% "
-                f"flash {record.flash_bytes / 1024:.1f}K ram {record.ram_bytes / 1024:.1f}K "
-                f"{record.latency_ms:.2f} ms {('[budgets ' + budget_text + ']') if budget_text else ''}"))
-
-        result = run_search(graph, ds, spec, config, on_epoch=on_epoch, checkpoint=output / "search_checkpoint.pt",
-                            resume=resume)
-    header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
-              "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": strength,
-              "epochs": epochs, "finetune_epochs": finetune_epochs, "device": device, "seed": seed}
-    summary = write_report(output, result, spec, header)
-    cost = result.cost
-    _summary(f"edgejpq search ({method}) → {output}", [
-        ("target", f"{spec.name} ({spec.clock_hz / 1e6:.0f} MHz)"),
-        ("flash", f"{cost.flash_bytes} B (weights {cost.weight_bytes}, constants {cost.constant_bytes}, code ~{cost.code_bytes})"
-                  + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")),
-        ("RAM (arena)", f"{cost.arena_bytes} B" + (f" / budget {budgets.ram_bytes}" if budgets.ram_bytes else "")),
-        ("latency", f"{cost.latency_ms:.3f} ms" + (f" / budget {budgets.latency_ms}" if budgets.latency_ms else "")),
-        ("accuracy float / fake-quant / integer",
-         f"{_pct(result.accuracy_float)} / {_pct(result.accuracy_fake_quant)} / {_pct(result.accuracy_integer)}"),
-        ("wall time", f"{result.seconds:.0f} s"), ("files", "plan.json model.ejq report.md training.png")],
-        as_json, summary)
+        task = progress.add_task(f"measuring kernels in QEMU {spec.qemu.machine}", total=None)  # type: ignore[union-attr]
+        result = calibrate_target(
+            spec, output, quick=quick, workers=workers,
+            on_start=lambda total: progress.update(task, total=total),
+            on_done=lambda m: progress.update(task, advance=1, description=f"measured {m.case.label}"))
+    rows = fit_summary(result.fit, result.measurements)
+    table = Table(title=f"fitted latency table for {spec.name} ({spec.kernels} kernels)", title_justify="left")
+    for col in ("kind", "bits", "cycles / MAC (element)", "runs", "max fit error"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for row in rows:
+        per = row.get("cycles_per_mac", row.get("cycles_per_element"))
+        table.add_row(str(row["kind"]), str(row["bits"] or "-"), f"{per:.3f}", str(row["measurements"]),
+                      f"{100 * float(row['max_relative_error']):.1f}%")  # type: ignore[arg-type]
+    console.print(table)
+    fit = result.fit
+    _summary(f"edgejpq calibrate → {output}", [
+        ("target", f"{spec.name} ({spec.core}) on QEMU {spec.qemu.machine}"),  # type: ignore[union-attr]
+        ("kernel runs", f"{len(result.measurements)} ({result.grid} grid), all bit-exact"),
+        ("overheads (cycles)", f"per call {fit.per_layer_overhead_cycles:.0f}, per pixel "
+                               f"{fit.per_output_pixel_overhead_cycles:.1f}, per output value "
+                               f"{fit.per_output_channel_overhead_cycles:.1f}"),
+        ("largest fit error", f"{100 * fit.max_relative_error:.1f}%"),
+        ("emulator / compiler", f"{result.emulator} / {result.compiler}"),
+        ("wall time", f"{result.seconds:.1f} s"),
+        ("use it", f"--target {output}")], as_json,
+        {"target": spec.name, "output": str(output), "grid": result.grid, "measurements": len(result.measurements),
+         "max_relative_error": fit.max_relative_error, "seconds": round(result.seconds, 2),
+         "per_layer_overhead_cycles": fit.per_layer_overhead_cycles,
+         "per_output_pixel_overhead_cycles": fit.per_output_pixel_overhead_cycles,
+         "per_output_channel_overhead_cycles": fit.per_output_channel_overhead_cycles,
+         "per_input_element_cycles": fit.per_input_element_cycles,
+         "elementwise_cycles_per_element": fit.elementwise_cycles_per_element,
+         "cycles_per_mac": fit.cycles_per_mac_table, "kinds": rows})
 
 
 @app.callback(invoke_without_command=True)

@@ -140,3 +140,32 @@ def test_generate_refuses_to_overwrite_a_foreign_folder(pipeline, tmp_path):
     assert_user_error(run("generate", str(pipeline["model"]), "-o", str(foreign)), "mine")
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert shutil.which("cc")
+
+
+@pytest.mark.slow
+def test_search_sweep_writes_one_run_per_budget_and_a_pareto_plot(pipeline, tmp_path):
+    out = tmp_path / "sweep"
+    proc = run("search", "--model", str(pipeline["root"] / "float.pt"), "--data", "digits", "--flash", "9KiB,13KiB",
+               "--epochs", "1", "--finetune-epochs", "1", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    payload = last_json(proc)
+    assert [p["label"] for p in payload["sweep"]] == ["flash-9KiB", "flash-13KiB"]
+    for point, budget in zip(payload["sweep"], (9 * 1024, 13 * 1024)):
+        assert point["flash_bytes"] <= budget and point["budgets"] == {"flash_bytes": budget}
+        folder = out / point["label"]
+        for name in ("plan.json", "model.ejq", "report.md", "training.png", "summary.json"):
+            assert (folder / name).is_file(), name
+        assert json.loads((folder / "summary.json").read_text())["cost"]["weight_bytes"] == point["weight_bytes"]
+    assert payload["sweep"][0]["weight_bytes"] < payload["sweep"][1]["weight_bytes"]
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "sweep.json").read_text()) == payload["sweep"]
+
+
+def test_search_sweeps_one_option_at_a_time(tmp_path):
+    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--flash", "9KiB,13KiB", "--strength", "1,2",
+               "-o", str(tmp_path / "s"))
+    assert_user_error(proc, r"sweep one option at a time: --flash and --strength")
+    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--flash", "9KiB,9KiB", "-o", str(tmp_path / "s"))
+    assert_user_error(proc, r"--flash 9KiB,9KiB: a value is listed twice")
+    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--latency-ms", "fast", "-o", str(tmp_path / "s"))
+    assert_user_error(proc, r"--latency-ms 'fast': expected a number")

@@ -113,6 +113,10 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: Path, title: str) -> Non
         series = sorted((p for p in points if p["method"] == method), key=lambda p: p["weight_bytes"])
         ax.plot([p["weight_bytes"] / 1024 for p in series], [100 * p["accuracy"] for p in series], marker="o",
                 label=method)
+        for p in series:
+            if p.get("label"):
+                ax.annotate(p["label"], (p["weight_bytes"] / 1024, 100 * p["accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))
     ax.set_xlabel("packed weight bytes (KiB)")
     ax.set_ylabel("integer model test accuracy (%)")
     ax.set_title(title)

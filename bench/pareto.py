@@ -1,0 +1,150 @@
+"""Pareto front on Fashion-MNIST: joint search against uniform 8/4/2-bit QAT and two-stage.
+
+Protocol (issue "Joint channel pruning and channel-wise mixed-precision search"):
+  float pre-training  --pretrain-epochs (6), Adam 1e-3, cosine
+  uniform 8/4/2       QAT for --uniform-epochs (4) from the float model
+  joint, two-stage    --search-epochs + --finetune-epochs (at most 8 together) from the same
+                      float model, at flash budgets that are fractions of the uniform 8-bit
+                      model's flash (--budgets)
+Every point is the exported integer model: weight bytes of the .ejq and accuracy of the
+integer reference over the whole test set (the host C is bit-exact with it; the tests prove
+that, and --emulate re-checks every point through the host C). Prints a table, writes
+bench/out/pareto_<model>.png and .json, and prints one JSON line last.
+
+    python bench/pareto.py --model resnet8 [--budgets 0.2,0.3,0.45] [--emulate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgejpq.cost.target import load_target
+from edgejpq.data import load_dataset
+from edgejpq.graph import build_float_graph
+from edgejpq.search.report import plot_pareto
+from edgejpq.search.run import Budgets, SearchConfig, run_search
+from edgejpq.train import evaluate, train_float
+from edgejpq.zoo import build_model
+
+OUT = Path(__file__).parent / "out"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet8")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--target", default="cortex-m4")
+    parser.add_argument("--pretrain-epochs", type=int, default=6)
+    parser.add_argument("--uniform-epochs", type=int, default=4)
+    parser.add_argument("--search-epochs", type=int, default=5)
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--budgets", default="0.2,0.3,0.45", help="flash budgets as fractions of uniform 8-bit")
+    parser.add_argument("--methods", default="uniform,joint,two-stage")
+    parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
+                        help="run every point's test set through the host C and check it bit-exact (default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    console = Console(width=200)
+    ds = load_dataset(args.data)
+    target = load_target(args.target)
+    torch.manual_seed(args.seed)
+    net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes)
+    start = time.perf_counter()
+    train_float(net, ds, epochs=args.pretrain_epochs, lr=1e-3, seed=args.seed,
+                on_epoch=lambda e, loss, acc: console.print(f"float epoch {e}: loss {loss:.4f} test {100 * acc:.2f}%"))
+    float_seconds = time.perf_counter() - start
+    float_acc = evaluate(net, ds.x_test, ds.y_test)
+    graph = build_float_graph(net, ds.input_shape)
+    points = []
+
+    def record(method: str, label: str, config: SearchConfig) -> dict:
+        result = run_search(graph, ds, target, config, on_epoch=lambda r: console.print(
+            f"  {label} {r.stage} {r.epoch}: acc {100 * r.test_accuracy:.2f}% flash {r.flash_bytes} B "
+            f"({r.seconds:.0f} s)"))
+        point = {"method": method, "label": label, "weight_bytes": result.model.weight_bytes,
+                 "flash_bytes": result.cost.flash_bytes, "arena_bytes": result.cost.arena_bytes,
+                 "latency_ms": round(result.cost.latency_ms, 3), "accuracy": result.accuracy_integer,
+                 "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
+                 "seconds": round(result.seconds, 1),
+                 "budget_flash_bytes": config.budgets.flash_bytes}
+        if args.emulate:
+            from edgejpq.emulate.host import emulate_host
+            from edgejpq.quant.integerize import quantize_input
+
+            with tempfile.TemporaryDirectory() as tmp:
+                emulation = emulate_host(result.model, quantize_input(result.model, ds.x_test), Path(tmp))
+            point["host_c_bit_exact"] = emulation.bit_exact
+        console.print(f"{label}: {point}")
+        points.append(point)
+        return point
+
+    methods = args.methods.split(",")
+    uniform8 = None
+    for bits in (8, 4, 2):
+        if "uniform" in methods or bits == 8:
+            p = record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
+                                                                 finetune_epochs=args.uniform_epochs, seed=args.seed))
+            uniform8 = p if bits == 8 else uniform8
+    assert uniform8 is not None
+    for fraction in (float(f) for f in args.budgets.split(",")):
+        budget = Budgets(flash_bytes=int(fraction * uniform8["flash_bytes"]))
+        for method in ("joint", "two-stage"):
+            if method in methods:
+                record(method, f"{method}@{fraction:.2f}", SearchConfig(
+                    method=method, search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
+                    budgets=budget, seed=args.seed))
+    verdict = _verdict(points, uniform8)
+    table = Table(title=f"Pareto front: {args.model} on {args.data}, {target.name} (float {100 * float_acc:.2f}%, "
+                        f"pre-training {float_seconds:.0f} s)")
+    columns = ["label", "weight_bytes", "flash_bytes", "budget_flash_bytes", "accuracy", "arena_bytes",
+               "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if args.emulate else [])
+    for column in columns:
+        table.add_column(column)
+    for p in points:
+        table.add_row(*(f"{100 * p[c]:.2f}%" if c == "accuracy" else str(p.get(c)) for c in columns))
+    console.print(table)
+    payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
+               "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1),
+               "protocol": vars(args), "points": points, "verdict": verdict}
+    for key, value in verdict.items():
+        console.print(f"{key}: {value}")
+    (OUT / f"pareto_{args.model}.json").write_text(json.dumps(payload, indent=1))
+    plot_pareto(points, OUT / f"pareto_{args.model}.png", f"{args.model} on {args.data} ({target.name})")
+    print(json.dumps(payload))
+
+
+def _seconds_per_epoch(point: dict) -> float:
+    return point["seconds"] / max(point["epochs"], 1)
+
+
+def _verdict(points: list[dict], uniform8: dict) -> dict:
+    """The issue's three targets, measured on these points."""
+    joint = [p for p in points if p["method"] == "joint"]
+    two_stage = {p["budget_flash_bytes"]: p for p in points if p["method"] == "two-stage"}
+    close = [p for p in joint if p["accuracy"] >= uniform8["accuracy"] - 0.005]
+    best = min(close, key=lambda p: p["weight_bytes"], default=None)
+    # at the same flash budget (both fit it), the joint model is at least as accurate
+    dominates = [p["accuracy"] >= two_stage[p["budget_flash_bytes"]]["accuracy"]
+                 for p in joint if p["budget_flash_bytes"] in two_stage]
+    return {
+        "weight_reduction_at_uniform8_accuracy": None if best is None else round(
+            1 - best["weight_bytes"] / uniform8["weight_bytes"], 4),
+        "weight_reduction_target_met (>= 0.70 within 0.5 pt)": best is not None and (
+            1 - best["weight_bytes"] / uniform8["weight_bytes"]) >= 0.70,
+        "joint_dominates_two_stage_at_every_budget": bool(dominates) and all(dominates),
+        "joint_seconds_per_epoch_over_uniform8": None if not joint else round(
+            max(_seconds_per_epoch(p) for p in joint) / _seconds_per_epoch(uniform8), 2),
+    }
+
+
+if __name__ == "__main__":
+    main()
