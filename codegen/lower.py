@@ -105,6 +105,7 @@ class FcStruct:
     act_max: int
     scratch: str
     scratch_bytes: int
+    single_rounding: int
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,7 @@ class _Lowering:
                               out_size=self.u16(out.shape[2], op.name, "output size"),
                               input_offset=-inp.zero_point, output_offset=model.tensors[op.output].zero_point,
                               act_min=op.act_min, act_max=op.act_max, scratch=scratch,
-                              scratch_bytes=scratch_bytes)
+                              scratch_bytes=scratch_bytes, single_rounding=int(op.rounding == "single"))
             block = ParamBlock("ejq_fc_params", f"{prefix}_params", (params,), is_array=False)
             kind = "fc"
             summary = f"fully connected: {op.input} {inp.shape} -> {op.output} {out.shape}"

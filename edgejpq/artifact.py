@@ -83,6 +83,10 @@ class Conv2D:
 
 @dataclass(frozen=True)
 class FullyConnected:
+    """Fully connected layer. `rounding` "single" requantizes as TFLite's int8 FULLY_CONNECTED kernels
+    do ((acc * m + 2^(30 - s)) >> (31 - s), round half up, one rounding); "double" (the default) as
+    every other edgejpq op (TFLite's reference MultiplyByQuantizedMultiplier)."""
+
     __pydantic_config__ = _STRICT
     kind: Literal["fully_connected"]
     name: str
@@ -92,6 +96,7 @@ class FullyConnected:
     act_min: int
     act_max: int
     source: str = ""
+    rounding: Literal["double", "single"] = "double"
 
 
 @dataclass(frozen=True)
@@ -307,11 +312,24 @@ def _manifest_body(model: QuantizedModel) -> dict[str, Any]:
         "input": model.input,
         "output": model.output,
         "tensors": {k: asdict(v) for k, v in model.tensors.items()},
-        "ops": [asdict(op) for op in model.ops],
+        "ops": [_op_record(op) for op in model.ops],
         "layout": asdict(model.layout),
         "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in sorted(model.arrays.items())},
         "provenance": model.provenance,
     }
+
+
+# Fields added after schema version 1 shipped, omitted from the manifest at their default so that the
+# files (and content hashes) of models that do not use them stay what they were.
+_OMITTED_DEFAULTS: dict[str, Any] = {"rounding": "double"}
+
+
+def _op_record(op: Op) -> dict[str, Any]:
+    record = asdict(op)
+    for key, default in _OMITTED_DEFAULTS.items():
+        if key in record and record[key] == default:
+            del record[key]
+    return record
 
 
 def _canonical(obj: Any) -> bytes:

@@ -2,7 +2,8 @@
 # Install everything edgejpq needs on a fresh Debian 12 machine; safe to run again (idempotent).
 #   apt: host C compiler and make, Debian's Fashion-MNIST data set
 #   pip: a virtual environment in .venv with torch pinned to the CPU build 2.13.0 and edgejpq
-#        installed non-editable (so the installed package, not the checkout, is what runs)
+#        installed non-editable (so the installed package, not the checkout, is what runs), with
+#        its dev and tflite extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +33,6 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 echo "setup: installing edgejpq"
 .venv/bin/python -m pip install -q --force-reinstall --no-deps . >/dev/null
-.venv/bin/python -m pip install -q ".[dev]"
+# dev tools and the tflite extra (tensorflow-cpu, ai-edge-litert: TFLite import and the interpreter
+# reference, ~1.4 GB, ~30 s); torch stays at the pinned CPU build (2.13.0 satisfies ==2.13.0)
+.venv/bin/python -m pip install -q ".[dev,tflite]" "torch==2.13.0"

@@ -135,11 +135,13 @@ class ModelBuilder:
         self.ops.append(Conv2D("conv2d", name, x, out, kernel, stride, padding, depthwise, runs, *self._act(out)))
         return out
 
-    def fc(self, x: str, c_out: int, *, bits: tuple[int, ...] | None = None) -> str:
+    def fc(self, x: str, c_out: int, *, bits: tuple[int, ...] | None = None, rounding: str | None = None) -> str:
         out = self.tensor((1, 1, c_out))
         name = self._op_name("fc")
         runs = self._weights(name, self.tensors[x].size, c_out, self.tensors[x].zero_point, bits)
-        self.ops.append(FullyConnected("fully_connected", name, x, out, runs, *self._act(out)))
+        if rounding is None:  # every third layer rounds once, as TFLite's FULLY_CONNECTED (no rng draw)
+            rounding = "single" if len(self.ops) % 3 == 1 else "double"
+        self.ops.append(FullyConnected("fully_connected", name, x, out, runs, *self._act(out), rounding=rounding))
         return out
 
     # ----------------------------------------------------------------- other ops
@@ -301,9 +303,9 @@ def coverage_model(seed: int = 1234) -> QuantizedModel:
     big = b.conv(cat, 6, (9, 9), (2, 2), (4, 4, 4, 4), bits=(4, 2, 8))           # kernel larger than the input
     gap = b.pool(big, "avg", b.shape(big)[:2], (1, 1))
     flat = b.reshape(gap, (1, 1, b.shape(gap)[2]))
-    f1 = b.fc(flat, 9, bits=(8, 2, 4))
+    f1 = b.fc(flat, 9, bits=(8, 2, 4), rounding="double")
     mp = b.reshape(p1, (1, 1, b.shape(p1)[0] * b.shape(p1)[1] * b.shape(p1)[2]))
-    f2 = b.fc(mp, 9, bits=(2, 4))
+    f2 = b.fc(mp, 9, bits=(2, 4), rounding="single")
     out = b.add(f1, f2)
     return b.build(x, out)
 
@@ -316,6 +318,7 @@ def op_coverage(model: QuantizedModel) -> set[str]:
             labels.update(f"{'dwconv2d' if op.depthwise else 'conv2d'}/w{r.bits}" for r in op.runs)
         elif isinstance(op, FullyConnected):
             labels.update(f"fc/w{r.bits}" for r in op.runs)
+            labels.add(f"fc/{op.rounding}_rounding")
         elif isinstance(op, Pool):
             labels.add(f"{op.mode}pool")
         elif isinstance(op, Add):
@@ -328,4 +331,5 @@ def op_coverage(model: QuantizedModel) -> set[str]:
 
 
 ALL_LABELS = frozenset({*(f"{k}/w{b}" for k in ("conv2d", "dwconv2d", "fc") for b in BITS), "maxpool", "avgpool",
+                        "fc/double_rounding", "fc/single_rounding",
                         "add", "concat/copy", "concat/requant", "reshape"})

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgejpq.quant.fixedpoint import (INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier,
+from edgejpq.quant.fixedpoint import (INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier,
+                                      multiply_by_quantized_multiplier_single, quantize_multiplier,
                                       rounded_average, rounding_divide_by_pot, saturate_int32,
                                       saturating_rounding_doubling_high_mul)
 from edgejpq.quant.packing import pack_rows, row_bytes, unpack_rows, value_range
@@ -158,6 +159,23 @@ def test_multiply_by_quantized_multiplier(x: int, multiplier: int, shift: int, e
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("x, multiplier, shift, expected", [
+    (1000, 1 << 30, -3, 63),               # 62.5 -> 63: ties round up
+    (-1000, 1 << 30, -3, -62),             # -62.5 -> -62: ties round up (toward +inf), unlike SRDHM/RDBPOT
+    (-101, 1 << 30, 0, -50),               # -50.5 -> -50
+    (101, 1 << 30, 0, 51),
+    (3, 1 << 30, -1, 1),                   # 0.75 -> 1 in one rounding (double rounding: 1.5 -> 2 -> 1)
+    (INT32_MAX, INT32_MAX, 30, INT32_MAX),  # saturates
+    (INT32_MIN, INT32_MAX, 30, INT32_MIN),
+    (12345, 0, -31, 0),
+])
+def test_multiply_by_quantized_multiplier_single(x: int, multiplier: int, shift: int, expected: int) -> None:
+    assert _scalar(multiply_by_quantized_multiplier_single, x, multiplier, shift) == expected
+    exact = (x * multiplier + (1 << (30 - shift))) >> (31 - shift)  # Python ints: exact floor
+    assert expected == max(INT32_MIN, min(INT32_MAX, exact))
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("total, count, expected", [(5, 2, 3), (-5, 2, -3), (4, 3, 1), (-4, 3, -1), (5, 3, 2),
                                                     (-5, 3, -2), (0, 7, 0), (-128 * 9, 9, -128)])
 def test_rounded_average(total: int, count: int, expected: int) -> None:
@@ -220,7 +238,7 @@ def test_c_fixedpoint_matches_numpy(harness: Path) -> None:
     run = subprocess.run([str(harness)], input=rec.tobytes(), capture_output=True,
                          env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
     assert run.returncode == 0, run.stderr.decode()
-    got = np.frombuffer(run.stdout, dtype=np.int32).reshape(len(rec), 6).astype(np.int64)
+    got = np.frombuffer(run.stdout, dtype=np.int32).reshape(len(rec), 7).astype(np.int64)
     a, b = rec["a"].astype(np.int64), rec["b"].astype(np.int64)
     exponent, shift = rec["exponent"].astype(np.int64), rec["shift"].astype(np.int64)
     multiplier = np.where(b >= 0, b, np.where(b == INT32_MIN, INT32_MAX, -b))
@@ -233,8 +251,9 @@ def test_c_fixedpoint_matches_numpy(harness: Path) -> None:
         multiply_by_quantized_multiplier(rec["wide"].astype(np.int64), multiplier, shift),
         floor_shift,
         clamp,
+        multiply_by_quantized_multiplier_single(a, multiplier, shift),
     ], axis=1)
-    names = ["srdhm", "rounding_divide_by_pot", "mbqm", "mbqm64", "floor_shift", "offset_clamp_s8"]
+    names = ["srdhm", "rounding_divide_by_pot", "mbqm", "mbqm64", "floor_shift", "offset_clamp_s8", "mbqm_single"]
     for column, name in enumerate(names):
         bad = np.flatnonzero(expected[:, column] != got[:, column])
         assert bad.size == 0, (f"{name}: C differs from numpy at record {bad[0]} {rec[bad[0]]}: "

@@ -77,6 +77,17 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray, shif
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, multiplier), right)
 
 
+def multiply_by_quantized_multiplier_single(x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """TFLite's single-rounding MultiplyByQuantizedMultiplier (its int8 FULLY_CONNECTED kernels):
+    floor((x * m + 2^(30 - s)) / 2^(31 - s)), saturated to int32. x is int32, s in [-31, 30]."""
+    x = np.asarray(x, dtype=np.int64)
+    multiplier = np.asarray(multiplier, dtype=np.int64)
+    total = 31 - np.asarray(shift, dtype=np.int64)  # in [1, 62]
+    # |x * m| < 2^62 and the rounding term <= 2^61: the sum fits int64
+    value = (x * multiplier + (np.int64(1) << (total - 1))) >> total
+    return saturate_int32(value)
+
+
 def rounded_average(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     """TFLite's int8 average pool: (sum ± count/2) / count with C truncating division."""
     total = np.asarray(total, dtype=np.int64)

@@ -14,7 +14,8 @@ import numpy as np
 
 from edgejpq.artifact import (Add, Concat, Conv2D, FullyConnected, Op, Pool, QuantizedModel, Reshape,
                               conv_output_hw, weight_k)
-from edgejpq.quant.fixedpoint import multiply_by_quantized_multiplier, rounded_average
+from edgejpq.quant.fixedpoint import (multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_single,
+                                     rounded_average)
 from edgejpq.quant.packing import row_bytes, unpack_rows
 
 
@@ -46,7 +47,9 @@ def _requantize(acc: np.ndarray, op: Conv2D | FullyConnected, model: QuantizedMo
     mult = model.arrays[f"{op.name}.multiplier"].astype(np.int64)
     shift = model.arrays[f"{op.name}.shift"].astype(np.int64)
     out_zp = model.tensors[op.output].zero_point
-    scaled = multiply_by_quantized_multiplier(acc + bias, mult, shift) + out_zp
+    single = isinstance(op, FullyConnected) and op.rounding == "single"
+    requant = multiply_by_quantized_multiplier_single if single else multiply_by_quantized_multiplier
+    scaled = requant(acc + bias, mult, shift) + out_zp
     return np.clip(scaled, op.act_min, op.act_max).astype(np.int8)
 
 

@@ -99,4 +99,25 @@ static inline int8_t ejq_requantize_s8(int32_t acc, int32_t multiplier, int32_t 
     return ejq_offset_clamp_s8(ejq_mbqm(acc, multiplier, shift), output_offset, act_min, act_max);
 }
 
+/*
+ * TFLite's single-rounding MultiplyByQuantizedMultiplier (its int8 FULLY_CONNECTED kernels):
+ * floor((x * m + 2^(30 - shift)) / 2^(31 - shift)), saturated to int32; shift in [-31, 30].
+ * |x * m| < 2^62 and the rounding term is at most 2^61, so the int64 sum cannot overflow; the floor
+ * shift of a negative value is written without shifting a negative number.
+ */
+static inline int32_t ejq_mbqm_single(int32_t x, int32_t multiplier, int32_t shift)
+{
+    const int32_t total = 31 - shift;
+    const int64_t v = (int64_t)x * (int64_t)multiplier + ((int64_t)1 << (total - 1));
+    const int64_t floored = v >= 0 ? (int64_t)((uint64_t)v >> total) : -1 - (int64_t)((uint64_t)(-1 - v) >> total);
+    return ejq_saturate_int32(floored);
+}
+
+/* Requantize with single rounding: MBQM (single), add the output zero point, clamp. */
+static inline int8_t ejq_requantize_single_s8(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset,
+                                             int32_t act_min, int32_t act_max)
+{
+    return ejq_offset_clamp_s8(ejq_mbqm_single(acc, multiplier, shift), output_offset, act_min, act_max);
+}
+
 #endif /* EJQ_FIXEDPOINT_H */

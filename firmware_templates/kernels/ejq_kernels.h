@@ -65,6 +65,7 @@ typedef struct {
     int32_t act_min, act_max;
     void *scratch;               /* as in ejq_conv_params */
     uint32_t scratch_bytes;
+    int32_t single_rounding;     /* 1: requantize as TFLite's FULLY_CONNECTED (ejq_requantize_single_s8) */
 } ejq_fc_params;
 
 /* Max / average pooling; average divides by the count of in-bounds elements. */

@@ -5,7 +5,7 @@
  *     int32 offset, int32 lo, int32 hi
  * and writes for each the int32 results
  *     srdhm(a, b), rounding_divide_by_pot(a, exponent), mbqm(a, |b|, shift), mbqm64(wide, |b|, shift),
- *     floor_shift(a, exponent), offset_clamp_s8(a, offset, lo, hi)
+ *     floor_shift(a, exponent), offset_clamp_s8(a, offset, lo, hi), mbqm_single(a, |b|, shift)
  * in the host's byte order (the test runs on the same host).
  */
 #include <stdint.h>
@@ -33,7 +33,7 @@ int main(void)
     unsigned char raw[36];
     while (fread(raw, 1, sizeof raw, stdin) == sizeof raw) {
         record r;
-        int32_t out[6];
+        int32_t out[7];
         memcpy(&r.a, raw + 0, 4);
         memcpy(&r.b, raw + 4, 4);
         memcpy(&r.exponent, raw + 8, 4);
@@ -48,7 +48,8 @@ int main(void)
         out[3] = ejq_mbqm64(r.wide, non_negative(r.b), r.shift);
         out[4] = ejq_floor_shift(r.a, r.exponent);
         out[5] = ejq_offset_clamp_s8(r.a, r.offset, r.lo, r.hi);
-        fwrite(out, sizeof out[0], 6, stdout);
+        out[6] = ejq_mbqm_single(r.a, non_negative(r.b), r.shift);
+        fwrite(out, sizeof out[0], 7, stdout);
     }
     return ferror(stdout) ? 1 : 0;
 }

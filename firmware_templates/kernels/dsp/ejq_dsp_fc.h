@@ -109,6 +109,11 @@ EJQ_INLINE void ejq_fc_mm_w2x1(const uint8_t *w, const uint32_t *x, uint32_t blo
 EJQ_INLINE void ejq_fc_store(const ejq_fc_params *p, const ejq_weight_run *run, const ejq_rq *table, int8_t *out,
                              uint32_t c, int32_t products)
 {
+    if (p->single_rounding) {
+        out[run->start + c] = ejq_requantize_single_s8(products + run->bias[c], run->multiplier[c], run->shift[c],
+                                                       p->output_offset, p->act_min, p->act_max);
+        return;
+    }
     out[run->start + c] = ejq_rq_apply(products + run->bias[c], &table[c], p->output_offset, p->act_min,
                                        p->act_max);
 }

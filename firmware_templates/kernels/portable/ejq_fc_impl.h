@@ -20,6 +20,13 @@ static inline void ejq_fc_run(const ejq_fc_params *p, const ejq_weight_run *run,
         acc[0] = run->bias[c] + p->input_offset * run->kernel_sum[c];
         acc[1] = run->bias[c1] + p->input_offset * run->kernel_sum[c1];
         ejq_dot2(row, row + (uint32_t)(c1 - c) * run->row_bytes, 0u, in, p->in_size, 0, bits, acc);
+        if (p->single_rounding) {
+            out[(int32_t)run->start + c] = ejq_requantize_single_s8(acc[0], run->multiplier[c], run->shift[c],
+                                                                    p->output_offset, p->act_min, p->act_max);
+            out[(int32_t)run->start + c1] = ejq_requantize_single_s8(acc[1], run->multiplier[c1], run->shift[c1],
+                                                                     p->output_offset, p->act_min, p->act_max);
+            continue;
+        }
         out[(int32_t)run->start + c] = ejq_requantize_s8(acc[0], run->multiplier[c], run->shift[c],
                                                          p->output_offset, p->act_min, p->act_max);
         out[(int32_t)run->start + c1] = ejq_requantize_s8(acc[1], run->multiplier[c1], run->shift[c1],
