@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +42,7 @@ class GeneratedSources:
     files: tuple[str, ...]
     kernels: str
     model_hash: str
+    golden_count: int  # golden input/output vector pairs in <name>_golden.c
 
     @property
     def library_sources(self) -> tuple[str, ...]:
@@ -176,6 +178,19 @@ def generate_sources(model: QuantizedModel, out_dir: Path, *, name: str | None =
     ctx = lower_model(model, c_name, kernels)
     golden_in, golden_out = _golden(model, golden_inputs)
     files = _render_files(ctx, golden_in, golden_out)
+
+    def fill(folder: Path) -> None:
+        for file_name, text in files.items():
+            (folder / file_name).write_text(text)
+
+    write_output_folder(out_dir, fill, "the generated sources")
+    return GeneratedSources(name=c_name, out_dir=out_dir, files=tuple(sorted(files)), kernels=kernels,
+                            model_hash=model.short_hash, golden_count=len(golden_in))
+
+
+def write_output_folder(out_dir: Path, fill: Callable[[Path], None], what: str) -> None:
+    """Build an output folder atomically: `fill` writes into a temporary sibling folder, which then
+    replaces `out_dir` (only a previous edgejpq output, marked by MARKER, or an empty folder)."""
     _check_out_dir(out_dir)
     parent = out_dir.parent
     try:
@@ -185,16 +200,13 @@ def generate_sources(model: QuantizedModel, out_dir: Path, *, name: str | None =
         raise EdgejpqError(f"{parent}: cannot create the output folder there ({exc.strerror}); "
                            f"choose a writable location") from None
     try:
-        for file_name, text in files.items():
-            (tmp / file_name).write_text(text)
+        fill(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; generated sources are ordinary files
         _check_out_dir(out_dir)  # again, right before the swap
         _swap_into_place(tmp, out_dir)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise EdgejpqError(f"{out_dir}: cannot write the generated sources ({exc.strerror})") from None
+        raise EdgejpqError(f"{out_dir}: cannot write {what} ({exc.strerror})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return GeneratedSources(name=c_name, out_dir=out_dir, files=tuple(sorted(files)), kernels=kernels,
-                            model_hash=model.short_hash)

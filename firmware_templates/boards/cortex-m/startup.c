@@ -3,7 +3,8 @@
  * exception vectors (no device interrupts are used), .data copy and .bss clear from the linker
  * script's symbols, FPU enable when the build uses one, then main(). Faults and a return from
  * main end in ejq_board_exit(), which each harness defines (semihosting exit in QEMU, a halt loop
- * with the result kept in RAM on a board).
+ * with the result kept in RAM on a board). SysTick_Handler is weak: a board project that counts
+ * cycles with SysTick (ARMv6-M has no DWT cycle counter) defines it.
  */
 #include <stdint.h>
 
@@ -16,6 +17,7 @@ void ejq_board_fault(uint32_t pc);
 void Reset_Handler(void);
 void Fault_Handler(void);
 void Default_Handler(void);
+void SysTick_Handler(void) __attribute__((weak, alias("Default_Handler")));
 
 /* SCB registers used here (ARMv6-M/ARMv7-M/ARMv8-M system control space). */
 #define EJQ_SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
@@ -54,7 +56,7 @@ __attribute__((section(".isr_vector"), used)) void (*const ejq_vectors[16])(void
     Default_Handler,  /* DebugMonitor */
     0,
     Default_Handler,  /* PendSV */
-    Default_Handler,  /* SysTick */
+    SysTick_Handler,  /* SysTick */
 };
 
 __attribute__((noreturn)) void Reset_Handler(void)
