@@ -62,6 +62,11 @@ def test_every_shipped_target_loads(path: Path) -> None:
     assert spec.boards[0].vendor_board in spec.description
     if not spec.latency.calibrated:
         assert spec.latency.source.startswith("initial estimate"), spec.latency.source
+    else:  # written by `edgejpq calibrate`, with its provenance
+        assert spec.latency.source.startswith("calibrated by `edgejpq calibrate"), spec.latency.source
+        provenance = spec.latency.calibration
+        assert provenance is not None and provenance.kernels == spec.kernels and provenance.measurements > 0
+        assert spec.qemu.machine in provenance.emulator
     assert spec.kernels == ("dsp" if spec.isa.dsp else "portable")
 
 
@@ -293,7 +298,7 @@ def test_summary_row_for_the_targets_table() -> None:
     assert row["clock"] == "180 MHz"
     assert row["flash"] == "512 KiB" and row["RAM"] == "128 KiB"
     assert row["QEMU"] == "mps2-an386"
-    assert row["latency"] == "estimate"
+    assert row["latency"] == "calibrated"  # by `edgejpq calibrate` in QEMU (see its latency.calibration)
     assert all(isinstance(v, str) for v in row.values())
     rows = [spec.summary_row() for spec in list_targets()]
     assert all(r.keys() == row.keys() for r in rows)

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 from edgejpq.artifact import Add, Concat, Conv2D, FullyConnected, Op, Pool, QuantizedModel, Reshape, weight_k
 
 CONSTANT_BYTES_PER_CHANNEL = 12  # int32 bias, multiplier and shift per output channel
+SUB_BYTE_GROUP = {8: 1, 4: 2, 2: 4}  # channels sharing a weight byte in the DSP kernels (codegen/dsp_layout.py)
+DEPTHWISE_GROUP = 4  # channels a DSP depthwise pass converts at once (codegen/dsp_layout.DW_CHANNELS)
 
 
 def op_kind(op: Op) -> str:
@@ -37,16 +39,59 @@ def op_kind(op: Op) -> str:
     return "reshape"
 
 
+def input_elements(kind: str, pixels: Any, k: Any, kept_channels: Any, runs: int, input_pixels: Any) -> Any:
+    """Input elements the kernel calls of one layer convert before multiplying (see edgejpq.cost.target):
+    per call the im2col windows (pixels × K) of a convolution or the K inputs of a fully connected
+    layer; a depthwise convolution converts the input plane of its own channels only."""
+    if kind == "depthwise_conv2d":
+        return input_pixels * kept_channels
+    return runs * pixels * k
+
+
+def ungrouped_channels(kind: str, bits: int, count: int) -> int:
+    """Channels of a weight run that do not fill a group (the DSP kernels' slower path): a sub-byte group
+    of a convolution or fully connected layer, or a depthwise pass of DEPTHWISE_GROUP channels."""
+    if kind == "depthwise_conv2d":
+        return count % DEPTHWISE_GROUP
+    if bits not in (2, 4):
+        return 0
+    return count % SUB_BYTE_GROUP[bits]
+
+
 def weighted_cycles(target: Any, kind: str, pixels: Any, k: Any, channels_by_bits: Mapping[int, Any],
-                    kept_channels: Any, runs: int) -> Any:
+                    kept_channels: Any, runs: int, input_pixels: Any = 0, ungrouped: Any = 0,
+                    kernel_rows: int = 1, in_channels: int = 0) -> Any:
     """Cycles of one conv/linear layer: MACs at each bit-width's rate plus overheads.
 
     The per-layer and per-pixel overheads are paid once per kernel call, i.e. per weight run;
-    the per-channel overhead once per output value. Works on numbers (exact) and on torch
-    tensors (expected values during the search)."""
+    the per-output-value overhead once per output value; the per-channel one once per kept
+    channel; the input conversion per input element (`input_elements`; `input_pixels` is the
+    input's H × W, used by depthwise); `ungrouped` channels (`ungrouped_channels`, summed over the
+    runs) pay extra per MAC, and so does the epilogue of sub-byte output values; a convolution's
+    im2col costs per pixel and `kernel_rows`, more when `in_channels` is not a multiple of 4. Works
+    on numbers (exact) and on torch tensors (expected values during the search)."""
     table = target.latency
     cycles = runs * (table.per_layer_overhead_cycles + table.per_output_pixel_overhead_cycles * pixels)
     cycles = cycles + table.per_output_channel_overhead_cycles * kept_channels * pixels
+    per_input = target.input_element_cycles(kind)
+    if per_input:
+        cycles = cycles + per_input * input_elements(kind, pixels, k, kept_channels, runs, input_pixels)
+    per_channel = target.channel_cycles(kind)
+    if per_channel:
+        cycles = cycles + per_channel * kept_channels
+    per_ungrouped = target.ungrouped_cycles(kind)
+    if per_ungrouped:
+        cycles = cycles + per_ungrouped * ungrouped * pixels * k
+    if kind != "depthwise_conv2d":
+        for bits, count in channels_by_bits.items():
+            extra = target.sub_byte_value_cycles(bits) if bits in (2, 4) else 0.0
+            if extra:
+                cycles = cycles + extra * count * pixels
+    if kind in ("conv2d", "pointwise_conv2d"):
+        cycles = cycles + table.per_window_row_cycles * runs * pixels * kernel_rows
+        if in_channels % 4:
+            elements = input_elements(kind, pixels, k, kept_channels, runs, input_pixels)
+            cycles = cycles + table.per_gathered_input_element_cycles * elements
     for bits, count in channels_by_bits.items():
         cycles = cycles + count * pixels * k * target.cycles_per_mac(kind, bits)
     return cycles
@@ -139,7 +184,12 @@ def model_cost(model: QuantizedModel, target: Any) -> CostReport:
             by_bits: dict[int, int] = {}
             for run in op.runs:
                 by_bits[run.bits] = by_bits.get(run.bits, 0) + run.count
-            cycles = weighted_cycles(target, kind, pixels, k, by_bits, out[2], len(op.runs))
+            in_shape = model.tensors[op.input].shape
+            in_pixels = in_shape[0] * in_shape[1]
+            ungrouped = sum(ungrouped_channels(kind, run.bits, run.count) for run in op.runs)
+            kernel_rows = op.kernel[0] if isinstance(op, Conv2D) else 1
+            cycles = weighted_cycles(target, kind, pixels, k, by_bits, out[2], len(op.runs), in_pixels, ungrouped,
+                                     kernel_rows, in_shape[2])
             wbytes = int(model.arrays[f"{op.name}.weights"].size)
             cbytes = sum(int(model.arrays[f"{op.name}.{a}"].nbytes) for a in ("bias", "multiplier", "shift"))
             bits = " ".join(f"w{b}×{c}" for b, c in sorted(by_bits.items(), reverse=True))

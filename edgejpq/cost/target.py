@@ -12,12 +12,33 @@ per group of output channels sharing a bit-width, and requantize every output va
     cycles(weighted layer) = per_layer_overhead_cycles                      per kernel call
                            + per_output_pixel_overhead_cycles × pixels      per kernel call
                            + per_output_channel_overhead_cycles × pixels × kept channels
+                           + per_input_element_cycles[op kind] × input elements
+                           + per_channel_cycles[op kind] × kept channels
                            + Σ_bits MACs(bits) × cycles_per_mac(op kind, bits)
+                           + ungrouped_cycles_per_mac[op kind] × MACs of ungrouped channels
+                           + sub_byte_output_value_cycles[w<bits>a8] × pixels × channels at those bits
+                           + per_window_row_cycles × pixels × kernel rows          per kernel call
+                           + per_gathered_input_element_cycles × input elements    (see below)
     cycles(add / pool / concat / copy) = per_layer_overhead_cycles
                            + elementwise_cycles_per_element[kind] × elements
 
 `per_output_channel_overhead_cycles` is paid once per output *value* (each kept channel at each
-output pixel: bias, requantization, clamp, store); for a fully connected layer pixels = 1. For pool
+output pixel: bias, requantization, clamp, store); for a fully connected layer pixels = 1. The input
+elements are what a kernel call converts before its multiply-accumulates (per weight run): the
+im2col window values, pixels × K, of a convolution (K = kernel area × input channels; pointwise
+too), the K inputs of a fully connected layer, and the input plane (input H × W × the run's
+channels) of a depthwise convolution. `per_channel_cycles` is paid once per kept output channel
+whatever the pixels (the kernel's per-channel set-up: requantization table, depthwise taps; for a
+fully connected layer, one pixel, it is what its epilogue costs beyond the shared per-output-value
+overhead). `ungrouped_cycles_per_mac` is the extra cost
+per MAC of a channel that does not fill a group of its run (the DSP kernels process 2 four-bit
+or 4 two-bit channels per weight byte, and depthwise channels 4 at a time whatever their bits; a
+run's last count % group channels take a slower path; edgejpq.cost.model.ungrouped_channels). `sub_byte_output_value_cycles` is the extra
+epilogue of a 4- or 2-bit output value (taking a group's products apart), not depthwise.
+`per_window_row_cycles` is a convolution's (conv2d, pointwise) im2col set-up per output pixel and
+kernel row; `per_gathered_input_element_cycles` the extra per input element when the input
+channels are not a multiple of 4 (the window is gathered byte by byte: first layers).
+These keys are optional (0 when absent). For pool
 the elements are the window taps visited (output elements × kernel area); for add, concat and
 copy the output elements.
 """
@@ -39,6 +60,8 @@ from edgejpq.resources import targets_dir
 SCHEMA_VERSION = 1
 OP_KINDS = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "fully_connected")
 ELEMENTWISE_KINDS = ("add", "pool", "concat", "copy")
+CHANNEL_KINDS = OP_KINDS  # latency.per_channel_cycles keys
+GROUPED_KINDS = OP_KINDS  # latency.ungrouped_cycles_per_mac keys
 REQUIRED_PRECISIONS = ("w8a8", "w4a8", "w2a8")
 # Which optional ISA extensions each core can have at all (architecture, not numbers).
 CORE_EXTENSIONS = {
@@ -165,6 +188,8 @@ class Calibration:
     kernels: Literal["portable", "dsp"]
     measurements: PositiveInt  # kernel runs the fit used
     max_relative_error: Cycles  # of the fitted table over those runs
+    cycles_per_instruction: Optional[PositiveCycles] = None  # mean over those runs (cycles / instructions)
+    grid: Optional[Literal["full", "quick"]] = None  # the shape grid measured
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,13 @@ class Latency:
     per_output_pixel_overhead_cycles: Cycles
     elementwise_cycles_per_element: dict[str, Cycles]  # add, pool (per window tap), concat, copy
     instruction_cycles: Optional[InstructionCycles] = None  # QEMU instruction classes → cycles
+    # op kind → cycles per input element a kernel call converts (im2col values, FC inputs, depthwise plane)
+    per_input_element_cycles: dict[str, Cycles] = field(default_factory=dict)
+    per_channel_cycles: dict[str, Cycles] = field(default_factory=dict)  # op kind → per kept channel per layer
+    ungrouped_cycles_per_mac: dict[str, Cycles] = field(default_factory=dict)  # op kind → extra per ungrouped MAC
+    sub_byte_output_value_cycles: dict[str, Cycles] = field(default_factory=dict)  # w4a8 / w2a8 → extra per value
+    per_window_row_cycles: Cycles = 0.0  # conv2d / pointwise: per output pixel and kernel row, per call
+    per_gathered_input_element_cycles: Cycles = 0.0  # conv2d / pointwise with input channels % 4 != 0
     calibration: Optional[Calibration] = None  # set by `edgejpq calibrate`
 
 
@@ -244,6 +276,22 @@ class TargetSpec:
                                f"{weight_bits}-bit weights and {activation_bits}-bit activations "
                                f"(the table has {', '.join(table)}): add it to the target file")
         return table[key]
+
+    def input_element_cycles(self, op_kind: str) -> float:
+        """Cycles per input element a kernel call of `op_kind` converts (0 when the table has no entry)."""
+        return self.latency.per_input_element_cycles.get(op_kind, 0.0)
+
+    def channel_cycles(self, op_kind: str) -> float:
+        """Cycles per kept output channel of a layer of `op_kind` (0 when the table has no entry)."""
+        return self.latency.per_channel_cycles.get(op_kind, 0.0)
+
+    def ungrouped_cycles(self, op_kind: str) -> float:
+        """Extra cycles per MAC of an ungrouped sub-byte channel of `op_kind` (0 when the table has no entry)."""
+        return self.latency.ungrouped_cycles_per_mac.get(op_kind, 0.0)
+
+    def sub_byte_value_cycles(self, weight_bits: int, activation_bits: int = 8) -> float:
+        """Extra epilogue cycles of one output value of a `weight_bits` channel (0 when not listed)."""
+        return self.latency.sub_byte_output_value_cycles.get(f"w{weight_bits}a{activation_bits}", 0.0)
 
     def elementwise_cycles(self, kind: str) -> float:
         table = self.latency.elementwise_cycles_per_element
@@ -440,6 +488,14 @@ def _check_consistency(spec: TargetSpec) -> tuple[tuple[Any, ...], str] | None:
             if key not in table:
                 return (("latency", "cycles_per_mac", kind, key),
                         f"required entry is missing (every op kind needs {', '.join(REQUIRED_PRECISIONS)})")
+    for table_name, allowed_kinds in (("per_input_element_cycles", OP_KINDS), ("per_channel_cycles", CHANNEL_KINDS),
+                                      ("ungrouped_cycles_per_mac", GROUPED_KINDS)):
+        for key in getattr(spec.latency, table_name):
+            if key not in allowed_kinds:
+                return ("latency", table_name, key), f"unknown op kind (allowed: {', '.join(allowed_kinds)})"
+    for key in spec.latency.sub_byte_output_value_cycles:
+        if key not in ("w4a8", "w2a8"):
+            return ("latency", "sub_byte_output_value_cycles", key), "allowed keys: w4a8, w2a8"
     elementwise = spec.latency.elementwise_cycles_per_element
     for key in elementwise:
         if key not in ELEMENTWISE_KINDS:

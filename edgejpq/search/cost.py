@@ -19,7 +19,7 @@ import torch
 
 from edgejpq.artifact import QuantizedModel
 from edgejpq.cost.memory import arena_buffers
-from edgejpq.cost.model import CONSTANT_BYTES_PER_CHANNEL, elementwise_cycles, weighted_cycles
+from edgejpq.cost.model import CONSTANT_BYTES_PER_CHANNEL, elementwise_cycles, ungrouped_channels, weighted_cycles
 from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
 from edgejpq.quant.integerize import absorbs_permutation
 from edgejpq.search.space import SearchableGraph
@@ -85,7 +85,11 @@ class CostModel:
                         else "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d")
                 kept = kept_out.sum()
                 runs = self._runs(layer, kept_out, probs[i])
-                cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs)
+                ungrouped = self._ungrouped(layer, kind, kept_out, probs[i])
+                in_channels = (0 if layer.kind == "linear" or layer.depthwise
+                               else round(float(self.channels(layer.input, keep).detach())))
+                cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs,
+                                                  self.pixels[layer.input], ungrouped, layer.kernel[0], in_channels)
                 flash = flash + sum(count * k * bits / 8.0 for bits, count in by_bits.items())
                 flash = flash + CONSTANT_BYTES_PER_CHANNEL * kept
             elif isinstance(layer, (PoolLayer, AddLayer, ConcatLayer)):
@@ -105,6 +109,20 @@ class CostModel:
         if self.reorderable[layer.name]:
             return max(1, len(set(chosen)))
         return max(1, 1 + sum(1 for a, b in zip(chosen, chosen[1:]) if a != b))
+
+    def _ungrouped(self, layer: WeightedLayer, kind: str, kept_out: torch.Tensor, probs: torch.Tensor) -> int:
+        """Channels outside a sub-byte group, in the runs `_runs` counts (a constant: it has no gradient)."""
+        chosen = [self.space.choices[j] for j in probs.detach().argmax(dim=1)[kept_out.detach() > 0.5].tolist()]
+        if self.reorderable[layer.name]:
+            runs = [(bits, chosen.count(bits)) for bits in set(chosen)]
+        else:
+            runs = []
+            for bits in chosen:
+                if runs and runs[-1][0] == bits:
+                    runs[-1] = (bits, runs[-1][1] + 1)
+                else:
+                    runs.append((bits, 1))
+        return sum(ungrouped_channels(kind, bits, count) for bits, count in runs)
 
     def _code_bytes(self, keep: list[torch.Tensor], probs: list[torch.Tensor]) -> int:
         """Code estimate of the plan these choices make (a constant: code size has no gradient).

@@ -173,17 +173,48 @@ EJQ_INLINE void ejq_mm_w4(const uint8_t *w, const uint32_t *x, uint32_t blocks, 
 /* A 2-bit quad group against both columns (ejq_conv2d_w2.c): acc = {S, T2, T4, T6} x {col0, col1}. */
 void ejq_mm_w2_quad(const uint8_t *w, const uint32_t *x, uint32_t blocks, int32_t acc[8]);
 
-/* A plain-packed row (channels left over from the groups) against column `col`. */
-static int32_t ejq_dot_plain(const uint8_t *row, uint32_t bits, uint32_t k, const uint32_t *columns, uint32_t cols,
-                             uint32_t col)
+/* The int16 pair (lo, hi) in one word (PKHBT). */
+EJQ_INLINE uint32_t ejq_pack16(int32_t lo, int32_t hi)
 {
-    const int16_t *x = (const int16_t *)columns;
+    return ((uint32_t)lo & 0xFFFFu) | ((uint32_t)hi << 16);
+}
+
+/*
+ * A plain-packed 4- or 2-bit row (channels left over from the groups) against column `col` of
+ * `cols`. Each block of 4 whole weights (2 bytes at 4 bits, 1 byte at 2 bits, little end first)
+ * is sign-extended by field (SBFX) into the pairs (w0, w2) and (w1, w3) that match the columns'
+ * (x0, x2) and (x1, x3) words: two SMLADs per block; a last partial block goes weight by weight.
+ */
+EJQ_INLINE int32_t ejq_dot_plain(const uint8_t *row, uint32_t bits, uint32_t k, const uint32_t *columns,
+                                 uint32_t cols, uint32_t col)
+{
+    const uint32_t full = k / 4u;
+    const uint32_t *x = columns + col;
+    const int16_t *x16 = (const int16_t *)columns;
     int32_t acc = 0;
-    uint32_t i;
-    for (i = 0; i < k; ++i) {
+    uint32_t b, i;
+    for (b = 0; b < full; ++b, x += 2u * cols) {
+        int32_t w0, w1, w2, w3;
+        if (bits == 4u) {
+            const uint32_t v = (uint32_t)row[2u * b] | ((uint32_t)row[2u * b + 1u] << 8);
+            w0 = (int32_t)(v << 28) >> 28;
+            w1 = (int32_t)(v << 24) >> 28;
+            w2 = (int32_t)(v << 20) >> 28;
+            w3 = (int32_t)(v << 16) >> 28;
+        } else {
+            const uint32_t v = row[b];
+            w0 = (int32_t)(v << 30) >> 30;
+            w1 = (int32_t)(v << 28) >> 30;
+            w2 = (int32_t)(v << 26) >> 30;
+            w3 = (int32_t)(v << 24) >> 30;
+        }
+        acc = ejq_smlad(ejq_pack16(w0, w2), x[0], acc);
+        acc = ejq_smlad(ejq_pack16(w1, w3), x[cols], acc);
+    }
+    for (i = 4u * full; i < k; ++i) {
         const uint32_t j = i & 3u;
         const uint32_t word = (i >> 2) * 2u * cols + (j & 1u) * cols + col;
-        acc += ejq_weight_at(row, i, bits) * (int32_t)x[2u * word + (j >> 1)];
+        acc += ejq_weight_at(row, i, bits) * (int32_t)x16[2u * word + (j >> 1)];
     }
     return acc;
 }

@@ -1,0 +1,761 @@
+"""Calibrate a target's latency table from kernels measured in QEMU (`edgejpq calibrate`).
+
+Every kernel (convolution, pointwise, depthwise, fully connected at 8/4/2-bit weights; add,
+pooling, concatenation, copy) runs alone, as a one-layer model, over a grid of shapes in
+qemu-system-arm with the target's compiler flags and kernel set, checked bit-exact against the
+numpy reference. The instruction-count plugin gives the layer's exact instructions per class,
+`estimate_cycles` turns them into cycles with the target's `latency.instruction_cycles`, and a
+bounded least-squares fit (in relative error) gives the table the cost model reads, with the
+formulas of edgejpq/cost/model.py (see edgejpq/cost/target.py):
+
+    cycles(weighted layer) = per_layer_overhead + per_output_pixel_overhead x pixels
+                           + per_output_channel_overhead x pixels x channels
+                           + per_input_element_cycles[kind] x input elements
+                           + cycles_per_mac[kind][w<bits>a8] x MACs
+    cycles(elementwise)    = per_layer_overhead + elementwise_cycles_per_element[kind] x elements
+
+`calibrate_target` writes the target's file with that `latency:` block and its provenance
+(`calibrated: true`, source, date, tool, emulator, compiler, measurements, fit error) to a new
+path, validated, replaced atomically, and re-read with load_target.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import subprocess
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+import numpy as np
+
+from edgejpq import __version__
+from edgejpq.artifact import (Add, Concat, ConcatInput, Conv2D, FullyConnected, MemoryLayout, Placement, Pool,
+                              QuantizedModel, Reshape, TensorInfo, WeightRun, atomic_write_bytes, conv_output_hw, validate_model)
+from edgejpq.cost.target import CHANNEL_KINDS, GROUPED_KINDS
+from edgejpq.errors import EdgejpqError
+from edgejpq.quant.fixedpoint import quantize_multiplier
+from edgejpq.quant.packing import pack_rows, value_range
+
+if TYPE_CHECKING:
+    from edgejpq.cost.target import InstructionCycles, TargetSpec
+
+WEIGHTED_KINDS = ("conv2d", "pointwise_conv2d", "depthwise_conv2d", "fully_connected")
+ELEMENTWISE = ("add", "pool", "concat", "copy")
+BITS = (8, 4, 2)
+
+
+# --------------------------------------------------------------------------- one-layer models
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One kernel call to measure: a one-layer model of this shape."""
+
+    kind: str  # a WEIGHTED_KINDS entry, or "add", "maxpool", "avgpool", "concat", "copy"
+    in_shape: tuple[int, int, int]  # H, W, C (fully connected: 1, 1, K)
+    out_channels: int = 0  # weighted kinds except depthwise
+    bits: int = 8
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    mix: tuple[tuple[int, int], ...] = ()  # several weight runs, (bits, channels) in channel order; () = one run
+
+    @property
+    def weighted(self) -> bool:
+        return self.kind in WEIGHTED_KINDS
+
+    @property
+    def runs(self) -> tuple[tuple[int, int], ...]:
+        """The layer's weight runs as (bits, channels): one kernel call each."""
+        return self.mix or ((self.bits, self.out_shape[2]),)
+
+    @property
+    def channels_by_bits(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for bits, count in self.runs:
+            out[bits] = out.get(bits, 0) + count
+        return out
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        h, w, c = self.in_shape
+        if self.kind == "fully_connected":
+            return 1, 1, self.out_channels
+        if self.kind in ("conv2d", "pointwise_conv2d", "depthwise_conv2d", "maxpool", "avgpool"):
+            oh, ow = conv_output_hw((h, w), self.kernel, self.stride, self.padding)
+            return oh, ow, c if self.kind in ("depthwise_conv2d", "maxpool", "avgpool") else self.out_channels
+        if self.kind == "concat":
+            return h, w, 2 * c
+        return h, w, c
+
+    @property
+    def pixels(self) -> int:
+        oh, ow, _ = self.out_shape
+        return oh * ow
+
+    @property
+    def macs(self) -> int:
+        oh, ow, oc = self.out_shape
+        if self.kind == "fully_connected":
+            return self.in_shape[0] * self.in_shape[1] * self.in_shape[2] * oc
+        if self.kind == "depthwise_conv2d":
+            return oh * ow * oc * self.kernel[0] * self.kernel[1]
+        if self.weighted:
+            return oh * ow * oc * self.kernel[0] * self.kernel[1] * self.in_shape[2]
+        return 0
+
+    @property
+    def k(self) -> int:
+        """Weights per output channel (the cost model's K)."""
+        if self.kind == "fully_connected":
+            return self.in_shape[0] * self.in_shape[1] * self.in_shape[2]
+        taps = self.kernel[0] * self.kernel[1]
+        return taps if self.kind == "depthwise_conv2d" else taps * self.in_shape[2]
+
+    @property
+    def input_elements(self) -> int:
+        """What the kernel call converts before multiplying (edgejpq.cost.model.input_elements)."""
+        from edgejpq.cost.model import input_elements
+
+        return int(input_elements(self.kind, self.pixels, self.k, self.out_shape[2], len(self.runs),
+                                  self.in_shape[0] * self.in_shape[1]))
+
+    @property
+    def ungrouped(self) -> int:
+        """Output channels outside a sub-byte group (edgejpq.cost.model.ungrouped_channels)."""
+        from edgejpq.cost.model import ungrouped_channels
+
+        return sum(ungrouped_channels(self.kind, bits, count) for bits, count in self.runs) if self.weighted else 0
+
+    @property
+    def elements(self) -> int:
+        """What an elementwise kernel's cost scales with (pool: window taps; others: output elements)."""
+        oh, ow, oc = self.out_shape
+        taps = self.kernel[0] * self.kernel[1] if self.kind in ("maxpool", "avgpool") else 1
+        return oh * ow * oc * taps
+
+    @property
+    def table_kind(self) -> str:
+        """The latency table's key for this case."""
+        return "pool" if self.kind in ("maxpool", "avgpool") else self.kind
+
+    @property
+    def label(self) -> str:
+        h, w, c = self.in_shape
+        oh, ow, oc = self.out_shape
+        bits = "+".join(f"w{b}x{n}" for b, n in self.mix) if self.mix else f"w{self.bits}"
+        if self.kind == "fully_connected":
+            return f"fully_connected {h * w * c}->{oc} {bits}"
+        shape = f"{h}x{w}x{c}->{oh}x{ow}x{oc}"
+        if self.weighted:
+            k = f" {self.kernel[0]}x{self.kernel[1]}" + (f" s{self.stride[0]}" if self.stride != (1, 1) else "")
+            return f"{self.kind} {shape}{k} {bits}"
+        if self.kind in ("maxpool", "avgpool"):
+            return f"{self.kind} {shape} {self.kernel[0]}x{self.kernel[1]}"
+        return f"{self.kind} {shape}"
+
+
+def _same_padding(kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+    return (kernel[0] - 1) // 2, kernel[0] // 2, (kernel[1] - 1) // 2, kernel[1] // 2
+
+
+def conv_case(kind: str, in_shape: tuple[int, int, int], out_channels: int, bits: int, kernel: int = 3,
+              stride: int = 1) -> KernelCase:
+    """A 'same'-padded convolution case (pointwise: 1x1, no padding)."""
+    k = (1, 1) if kind == "pointwise_conv2d" else (kernel, kernel)
+    return KernelCase(kind, in_shape, out_channels if kind != "depthwise_conv2d" else in_shape[2], bits, k,
+                      (stride, stride), _same_padding(k))
+
+
+def conv1d_case(length: int, in_c: int, out_c: int, bits: int, kernel: int = 3, stride: int = 1) -> KernelCase:
+    """A 'same'-padded 1-D convolution (a 1 x kernel conv2d over a 1 x length input, as Conv1d lowers)."""
+    k = (1, kernel)
+    return KernelCase("conv2d", (1, length, in_c), out_c, bits, k, (1, stride), _same_padding(k))
+
+
+def mixed_case(kind: str, in_shape: tuple[int, int, int], mix: tuple[tuple[int, int], ...]) -> KernelCase:
+    """A layer of several weight runs, (bits, channels) in channel order: 3x3 'same' conv or depthwise, 1x1, or FC."""
+    channels = sum(count for _, count in mix)
+    if kind == "fully_connected":
+        return KernelCase(kind, in_shape, channels, mix[0][0], mix=mix)
+    case = conv_case(kind, in_shape, channels, mix[0][0])
+    return replace(case, mix=mix)
+
+
+def fc_case(inputs: int, outputs: int, bits: int) -> KernelCase:
+    return KernelCase("fully_connected", (1, 1, inputs), outputs, bits)
+
+
+def kernel_model(case: KernelCase, seed: int = 0) -> QuantizedModel:
+    """A valid one-layer model for `case`, with random weights and realistic requantization."""
+    from edgejpq.cost.memory import plan_model_memory
+
+    rng = np.random.default_rng(seed)
+    tensors = {"x": TensorInfo("x", case.in_shape, 0.02, int(rng.integers(-20, 21)))}
+    out_shape = case.out_shape
+    arrays: dict[str, np.ndarray] = {}
+    name = "layer"
+    if case.weighted:
+        tensors["y"] = TensorInfo("y", out_shape, 0.05, int(rng.integers(-20, 21)))
+        depthwise = case.kind == "depthwise_conv2d"
+        if case.kind == "fully_connected":
+            k = int(np.prod(case.in_shape))
+        else:
+            k = case.kernel[0] * case.kernel[1] * (1 if depthwise else case.in_shape[2])
+        if sum(count for _, count in case.runs) != out_shape[2]:
+            raise EdgejpqError(f"{case.label}: the runs hold {sum(c for _, c in case.runs)} channels, the layer "
+                               f"{out_shape[2]}")
+        packed, run_list, start, offset = [], [], 0, 0
+        for bits, count in case.runs:
+            lo, hi = value_range(bits)
+            rows = pack_rows(rng.integers(lo, hi + 1, size=(count, k)), bits).ravel()
+            packed.append(rows)
+            run_list.append(WeightRun(start, count, bits, offset))
+            start += count
+            offset += rows.size
+        arrays[f"{name}.weights"] = np.concatenate(packed)
+        arrays[f"{name}.bias"] = rng.integers(-2000, 2001, size=out_shape[2]).astype(np.int32)
+        scale = 0.02 * 0.01 / 0.05  # input scale x weight scale / output scale
+        mult, shift = zip(*(quantize_multiplier(scale * float(rng.uniform(0.5, 2.0))) for _ in range(out_shape[2])))
+        arrays[f"{name}.multiplier"] = np.array(mult, dtype=np.int32)
+        arrays[f"{name}.shift"] = np.array(shift, dtype=np.int32)
+        runs = tuple(run_list)
+        if case.kind == "fully_connected":
+            op = FullyConnected("fully_connected", name, "x", "y", runs, -128, 127)
+        else:
+            op = Conv2D("conv2d", name, "x", "y", case.kernel, case.stride, case.padding, depthwise, runs, -128, 127)
+        ops: tuple = (op,)
+    elif case.kind == "add":
+        # the second input must come from an op: a 1x1 max pool copies the model input
+        tensors["a"] = TensorInfo("a", case.in_shape, tensors["x"].scale, tensors["x"].zero_point)
+        tensors["y"] = TensorInfo("y", out_shape, 0.06, -5)
+        m_in, s_in = quantize_multiplier(0.02 / (2 * 0.02))
+        m_out, s_out = quantize_multiplier(2 * 0.02 / ((1 << 20) * 0.06))
+        ops = (Pool("pool", "source", "x", "a", "max", (1, 1), (1, 1), (0, 0, 0, 0), -128, 127),
+               Add("add", name, ("x", "a"), "y", 20, (m_in, m_in), (s_in, s_in), m_out, s_out, -128, 127))
+    elif case.kind in ("maxpool", "avgpool"):
+        tensors["y"] = TensorInfo("y", out_shape, tensors["x"].scale, tensors["x"].zero_point)
+        ops = (Pool("pool", name, "x", "y", case.kind[:3], case.kernel, case.stride, case.padding, -128, 127),)
+    elif case.kind == "concat":
+        tensors["a"] = TensorInfo("a", case.in_shape, tensors["x"].scale, tensors["x"].zero_point)
+        tensors["y"] = TensorInfo("y", out_shape, 0.03, 1)
+        m, s = quantize_multiplier(0.02 / 0.03)
+        ops = (Pool("pool", "source", "x", "a", "max", (1, 1), (1, 1), (0, 0, 0, 0), -128, 127),
+               Concat("concat", name, ("x", "a"), "y", (ConcatInput(False, m, s), ConcatInput(False, m, s))))
+    elif case.kind == "copy":
+        # the planner makes every reshape an alias (no code); the copy kernel runs when a reshape's
+        # input and output are placed apart, so this layout puts them apart by hand
+        tensors["a"] = TensorInfo("a", case.in_shape, tensors["x"].scale, tensors["x"].zero_point)
+        tensors["y"] = TensorInfo("y", (1, 1, int(np.prod(case.in_shape))), tensors["x"].scale, tensors["x"].zero_point)
+        ops = (Pool("pool", "source", "x", "a", "max", (1, 1), (1, 1), (0, 0, 0, 0), -128, 127),
+               Reshape("reshape", name, "a", "y"))
+    else:
+        raise EdgejpqError(f"unknown kernel kind {case.kind!r}")
+    if case.kind == "copy":
+        size = (tensors["a"].size + 3) // 4 * 4
+        layout = MemoryLayout(size, size, "calibration: reshape copied",
+                              {"x": Placement("input", 0), "a": Placement("arena", 0), "y": Placement("output", 0)})
+    else:
+        layout = plan_model_memory(tensors, ops, "x", "y")
+    model = QuantizedModel(f"k_{case.kind}", "x", "y", tensors, tuple(ops), layout, arrays,
+                           provenance={"builder": "edgejpq.calibrate", "case": case.label})
+    validate_model(model, where=case.label)
+    return model
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+@dataclass(frozen=True)
+class KernelMeasurement:
+    case: KernelCase
+    instructions: float  # of the measured layer, per inference
+    cycles: float  # estimated from the instruction classes
+    counts: tuple[float, ...]  # per instruction class (edgejpq.emulate.qemu.COUNTER_NAMES)
+
+    @property
+    def macs_per_instruction(self) -> float:
+        return self.case.macs / self.instructions if self.instructions else 0.0
+
+    @property
+    def macs_per_cycle(self) -> float:
+        return self.case.macs / self.cycles if self.cycles else 0.0
+
+
+def measure_case(case: KernelCase, target: "TargetSpec", workdir: Path, samples: int = 2) -> KernelMeasurement:
+    """Build and run the one-layer model of `case` in QEMU; the layer's instructions and cycles per inference."""
+    from codegen.generate import generate_sources
+    from edgejpq.emulate.qemu import build_qemu, estimate_cycles, run_qemu
+
+    model = kernel_model(case)
+    workdir = Path(workdir)
+    sources = generate_sources(model, workdir / "src", kernels=target.kernels)
+    fw = build_qemu(model, sources, workdir / "build", target)
+    x = np.random.default_rng(1).integers(-128, 128, size=(samples, *model.input_info.shape), dtype=np.int8)
+    run = run_qemu(fw, x, workdir / "run", workers=1)
+    from edgejpq.quant.reference import predict
+
+    if not np.array_equal(run.outputs, predict(model, x).reshape(samples, -1)):
+        raise EdgejpqError(f"{case.label}: the {target.kernels} kernels are not bit-exact on {target.name}; "
+                           f"this is a bug in edgejpq")
+    index = len(model.ops) - 1  # the measured layer is the last op
+    row = run.counts.per_region[index].astype(np.float64) / samples
+    weights = check_calibratable(target)
+    return KernelMeasurement(case, float(row[0]), float(estimate_cycles(row, weights)), tuple(float(v) for v in row))
+
+
+def measure_cases(cases: Sequence[KernelCase], target: "TargetSpec", workdir: Path, workers: Optional[int] = None,
+                  on_done: Optional[Callable[[KernelMeasurement], None]] = None) -> list[KernelMeasurement]:
+    """Measure many cases, one QEMU build each, in parallel (results in the order of `cases`)."""
+    check_calibratable(target)
+    workdir = Path(workdir)
+
+    def one(item: tuple[int, KernelCase]) -> KernelMeasurement:
+        i, case = item
+        result = measure_case(case, target, workdir / f"case{i:03d}")
+        if on_done is not None:
+            on_done(result)
+        return result
+
+    with ThreadPoolExecutor(max(1, workers or min(2, os.cpu_count() or 1))) as pool:
+        return list(pool.map(one, enumerate(cases)))
+
+
+def check_calibratable(target: "TargetSpec") -> "InstructionCycles":
+    """The target's instruction-class timings, or an EdgejpqError when it cannot be calibrated in QEMU."""
+    if target.qemu is None:
+        raise EdgejpqError(f"{target.where}: key qemu: target {target.name} has no QEMU machine, so its kernels "
+                           f"cannot be measured in QEMU (set qemu.machine to a board that runs its code)")
+    if target.latency.instruction_cycles is None:
+        raise EdgejpqError(f"{target.where}: key latency.instruction_cycles is missing: calibration needs the "
+                           f"cycles of each instruction class")
+    return target.latency.instruction_cycles
+
+
+# --------------------------------------------------------------------------- the grid
+
+# (in shape, out channels) of the full grid's 3x3 convolutions: small and large K, few pixels and many channels,
+# a 1-channel first layer
+_CONV = (((8, 8, 8), 8), ((12, 12, 16), 16), ((8, 8, 32), 24), ((6, 6, 64), 32), ((16, 16, 4), 8), ((20, 20, 1), 8),
+         ((4, 4, 32), 64))
+_POINTWISE = (((8, 8, 16), 16), ((8, 8, 64), 32), ((12, 12, 32), 64), ((4, 4, 128), 128), ((2, 2, 128), 128),
+              ((12, 12, 8), 16))
+_DEPTHWISE = ((8, 8, 8), (12, 12, 32), (6, 6, 64), (16, 16, 16), (2, 2, 128), (4, 4, 64), (8, 8, 6), (6, 6, 13))
+_FC = ((64, 16), (256, 10), (512, 64), (128, 128), (48, 64), (32, 96))
+# layers of several weight runs (a mixed-precision plan: by bit-width, or alternating where the channel order is fixed)
+_MIXED = (mixed_case("conv2d", (8, 8, 16), ((8, 5), (4, 6), (2, 5))),
+          mixed_case("conv2d", (6, 6, 8), ((4, 3), (8, 2), (2, 6), (4, 1))),
+          mixed_case("pointwise_conv2d", (8, 8, 32), ((8, 6), (4, 5), (2, 5))),
+          mixed_case("pointwise_conv2d", (6, 6, 16), ((8, 2), (4, 3), (8, 2), (2, 5))),
+          mixed_case("depthwise_conv2d", (8, 8, 16), ((8, 5), (2, 3), (4, 8))),
+          mixed_case("depthwise_conv2d", (6, 6, 12), ((4, 2), (8, 3), (2, 1), (8, 6))),
+          mixed_case("fully_connected", (1, 1, 64), ((8, 3), (4, 3), (2, 4))),
+          mixed_case("fully_connected", (1, 1, 128), ((2, 6), (8, 9), (4, 9))))
+
+
+def _elementwise_cases(shapes: Sequence[tuple[int, int, int]]) -> list[KernelCase]:
+    cases: list[KernelCase] = []
+    for shape in shapes:
+        cases += [KernelCase("add", shape), KernelCase("concat", shape), KernelCase("copy", shape),
+                  KernelCase("maxpool", shape, kernel=(2, 2), stride=(2, 2)),
+                  KernelCase("avgpool", shape, kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1))]
+    return cases
+
+
+def calibration_grid() -> list[KernelCase]:
+    """Shapes for the fit: every weighted kind x bit-width over sizes (strides 1 and 2; sub-byte runs whose
+    channels do not fill the last group), and the elementwise kernels."""
+    cases: list[KernelCase] = []
+    for bits in BITS:
+        cases += [conv_case("conv2d", shape, out_c, bits) for shape, out_c in _CONV]
+        cases.append(conv_case("conv2d", (16, 16, 16), 16, bits, stride=2))
+        cases += [conv_case("conv2d", (12, 12, 3), 16, bits), conv1d_case(40, 16, 16, bits, 5),
+                  conv1d_case(20, 32, 32, bits, 3, stride=2)]
+        cases += [conv_case("pointwise_conv2d", shape, out_c, bits) for shape, out_c in _POINTWISE]
+        cases += [conv_case("depthwise_conv2d", shape, 0, bits) for shape in _DEPTHWISE]
+        cases.append(conv_case("depthwise_conv2d", (16, 16, 16), 0, bits, stride=2))
+        cases += [fc_case(inputs, outputs, bits) for inputs, outputs in _FC]
+        if bits != 8:  # 7 channels: 3 pairs + 1 (4-bit), 1 quad + 3 (2-bit)
+            cases += [conv_case("conv2d", (8, 8, 16), 7, bits), conv_case("pointwise_conv2d", (8, 8, 32), 7, bits),
+                      fc_case(96, 7, bits)]
+    cases += _MIXED
+    return cases + _elementwise_cases(((8, 8, 16), (16, 16, 32)))
+
+
+def quick_grid() -> list[KernelCase]:
+    """A small grid that still determines every table entry (`--quick`: tests, a first look).
+
+    Three to six shapes per kind at 8 bits (they separate the overheads, the per-channel set-up, the
+    input conversion and the MACs) and two or three per kind at 4 and 2 bits (their cycles per MAC and the
+    ungrouped channels' extra, given the rest)."""
+    cases = [conv_case("conv2d", (8, 8, 8), 8, 8), conv_case("conv2d", (6, 6, 32), 16, 8),
+             conv_case("conv2d", (10, 10, 4), 16, 8), conv_case("conv2d", (4, 4, 32), 48, 8),
+             conv_case("conv2d", (12, 12, 1), 8, 8), conv1d_case(24, 16, 16, 8, 3),
+             conv_case("pointwise_conv2d", (8, 8, 16), 16, 8), conv_case("pointwise_conv2d", (4, 4, 64), 32, 8),
+             conv_case("pointwise_conv2d", (6, 6, 32), 64, 8), conv_case("pointwise_conv2d", (2, 2, 96), 96, 8),
+             conv_case("depthwise_conv2d", (8, 8, 8), 0, 8), conv_case("depthwise_conv2d", (6, 6, 32), 0, 8),
+             conv_case("depthwise_conv2d", (12, 12, 16), 0, 8, stride=2), conv_case("depthwise_conv2d", (2, 2, 96), 0, 8),
+             conv_case("depthwise_conv2d", (8, 8, 6), 0, 8),
+             fc_case(64, 16, 8), fc_case(256, 32, 8), fc_case(128, 64, 8)]
+    for bits in BITS[1:]:
+        cases += [conv_case("conv2d", (6, 6, 32), 16, bits), conv_case("conv2d", (6, 6, 16), 7, bits),
+                  conv_case("conv2d", (8, 8, 8), 8, bits),
+                  conv_case("pointwise_conv2d", (4, 4, 64), 32, bits),
+                  conv_case("pointwise_conv2d", (4, 4, 32), 7, bits),
+                  conv_case("depthwise_conv2d", (8, 8, 8), 0, bits), fc_case(256, 32, bits), fc_case(64, 7, bits)]
+    cases += [_MIXED[0], _MIXED[2], _MIXED[4], _MIXED[6]]
+    return cases + _elementwise_cases(((8, 8, 16),))
+
+
+def holdout_cases() -> list[KernelCase]:
+    """Shapes in neither grid, to check a fitted table's predictions."""
+    return [conv_case("conv2d", (10, 10, 12), 12, 8), conv_case("conv2d", (10, 10, 12), 11, 4),
+            conv_case("conv2d", (14, 14, 1), 12, 2), conv1d_case(30, 8, 24, 8, 5),
+            conv_case("pointwise_conv2d", (6, 6, 48), 24, 8), conv_case("pointwise_conv2d", (6, 6, 48), 24, 2),
+            conv_case("depthwise_conv2d", (10, 10, 24), 0, 8), fc_case(192, 24, 8), fc_case(192, 10, 2),
+            KernelCase("add", (6, 6, 24))]
+
+
+# --------------------------------------------------------------------------- the fit
+
+_MAC_FLOOR = 1e-3  # the schema wants every cycles_per_mac entry > 0
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    """A fitted latency table; it answers the cost model's questions as a TargetSpec does (same formulas)."""
+
+    cycles_per_mac_table: dict[str, dict[str, float]]  # kind -> w<bits>a8 -> cycles
+    per_layer_overhead_cycles: float
+    per_output_pixel_overhead_cycles: float
+    per_output_channel_overhead_cycles: float
+    per_input_element_cycles: dict[str, float]  # kind -> cycles
+    per_channel_cycles: dict[str, float]  # CHANNEL_KINDS kind -> cycles per kept channel
+    ungrouped_cycles_per_mac: dict[str, float]  # GROUPED_KINDS kind -> extra cycles per ungrouped MAC
+    sub_byte_output_value_cycles: dict[str, float]  # w4a8 / w2a8 -> extra cycles per output value
+    per_window_row_cycles: float
+    per_gathered_input_element_cycles: float
+    elementwise_cycles_per_element: dict[str, float]
+    relative_errors: tuple[float, ...] = ()  # predicted / measured - 1, per measurement
+
+    @property
+    def latency(self) -> "LatencyFit":  # edgejpq.cost.model reads target.latency.<overhead>
+        return self
+
+    def cycles_per_mac(self, kind: str, bits: int, activation_bits: int = 8) -> float:
+        return 0.0 if bits == 0 else self.cycles_per_mac_table[kind][f"w{bits}a{activation_bits}"]
+
+    def input_element_cycles(self, kind: str) -> float:
+        return self.per_input_element_cycles.get(kind, 0.0)
+
+    def channel_cycles(self, kind: str) -> float:
+        return self.per_channel_cycles.get(kind, 0.0)
+
+    def ungrouped_cycles(self, kind: str) -> float:
+        return self.ungrouped_cycles_per_mac.get(kind, 0.0)
+
+    def sub_byte_value_cycles(self, bits: int, activation_bits: int = 8) -> float:
+        return self.sub_byte_output_value_cycles.get(f"w{bits}a{activation_bits}", 0.0)
+
+    def elementwise_cycles(self, kind: str) -> float:
+        return self.elementwise_cycles_per_element[kind]
+
+    @property
+    def max_relative_error(self) -> float:
+        return max((abs(e) for e in self.relative_errors), default=0.0)
+
+    def predict(self, case: KernelCase) -> float:
+        """Cycles of one kernel call of `case`, by edgejpq.cost.model's formulas."""
+        from edgejpq.cost.model import elementwise_cycles, weighted_cycles
+
+        if case.weighted:
+            oc = case.out_shape[2]
+            return float(weighted_cycles(self, case.kind, case.pixels, case.k, case.channels_by_bits, oc,
+                                         len(case.runs),
+                                         case.in_shape[0] * case.in_shape[1], case.ungrouped, case.kernel[0],
+                                         case.in_shape[2]))
+        return float(elementwise_cycles(self, case.table_kind, case.elements))
+
+
+_MAC_KEYS = [(kind, bits) for kind in WEIGHTED_KINDS for bits in BITS]
+_COLUMNS = ["layer", "pixel", "value", *(f"input/{k}" for k in WEIGHTED_KINDS),
+            *(f"channel/{k}" for k in CHANNEL_KINDS), *(f"ungrouped/{k}" for k in GROUPED_KINDS),
+            "value/w4a8", "value/w2a8", "window_row", "gathered_input",
+            *(f"{k}/{b}" for k, b in _MAC_KEYS), *ELEMENTWISE]
+
+
+def design_row(case: KernelCase) -> np.ndarray:
+    """The case's row of the fit: what multiplies each table entry in the cost model's formula."""
+    row = np.zeros(len(_COLUMNS))
+    row[0] = 1.0
+    if case.weighted:
+        calls = len(case.runs)
+        row[0] = calls
+        row[1] = calls * case.pixels
+        row[2] = case.pixels * case.out_shape[2]
+        row[_COLUMNS.index(f"input/{case.kind}")] = case.input_elements
+        if case.kind in CHANNEL_KINDS:
+            row[_COLUMNS.index(f"channel/{case.kind}")] = case.out_shape[2]
+        if case.kind in GROUPED_KINDS:
+            row[_COLUMNS.index(f"ungrouped/{case.kind}")] = case.ungrouped * case.pixels * case.k
+        for bits, count in case.channels_by_bits.items():
+            if bits in (4, 2) and case.kind != "depthwise_conv2d":
+                row[_COLUMNS.index(f"value/w{bits}a8")] = case.pixels * count
+            row[_COLUMNS.index(f"{case.kind}/{bits}")] = case.pixels * case.k * count
+        if case.kind in ("conv2d", "pointwise_conv2d"):
+            row[_COLUMNS.index("window_row")] = calls * case.pixels * case.kernel[0]
+            if case.in_shape[2] % 4:
+                row[_COLUMNS.index("gathered_input")] = case.input_elements
+    else:
+        row[_COLUMNS.index(case.table_kind)] = case.elements
+    return row
+
+
+def fit_latency(measurements: Sequence[KernelMeasurement]) -> LatencyFit:
+    """Bounded least squares in relative error over all measurements (one shared set of overheads).
+
+    Every entry is >= 0 (cycles per MAC >= 0.001, as the target schema wants them positive); the
+    error of a measurement is predicted / measured - 1, so small kernels weigh as much as big ones."""
+    from scipy.optimize import lsq_linear
+
+    if not measurements:
+        raise EdgejpqError("calibration has no measurements to fit")
+    a = np.array([design_row(m.case) for m in measurements])
+    cycles = np.array([m.cycles for m in measurements])
+    if (cycles <= 0).any():
+        raise EdgejpqError("a calibration measurement has no cycles; this is a bug in edgejpq")
+    missing = [_COLUMNS[i] for i in np.flatnonzero(~a.any(axis=0))]
+    if missing:
+        raise EdgejpqError(f"calibration has no measurement for {', '.join(missing)}")
+    lower = np.array([_MAC_FLOOR if c.split("/")[0] in WEIGHTED_KINDS else 0.0 for c in _COLUMNS])
+    scale = a.max(axis=0)  # column scaling keeps the solver well conditioned
+    result = lsq_linear(a / cycles[:, None] / scale, np.ones(len(cycles)), bounds=(lower * scale, np.inf),
+                        method="bvls", tol=1e-14)
+    x = result.x / scale
+    value = dict(zip(_COLUMNS, (float(v) for v in x)))
+    fit = LatencyFit(
+        cycles_per_mac_table={k: {f"w{b}a8": value[f"{k}/{b}"] for b in BITS} for k in WEIGHTED_KINDS},
+        per_layer_overhead_cycles=value["layer"], per_output_pixel_overhead_cycles=value["pixel"],
+        per_output_channel_overhead_cycles=value["value"],
+        per_input_element_cycles={k: value[f"input/{k}"] for k in WEIGHTED_KINDS},
+        per_channel_cycles={k: value[f"channel/{k}"] for k in CHANNEL_KINDS},
+        ungrouped_cycles_per_mac={k: value[f"ungrouped/{k}"] for k in GROUPED_KINDS},
+        sub_byte_output_value_cycles={k: value[f"value/{k}"] for k in ("w4a8", "w2a8")},
+        per_window_row_cycles=value["window_row"], per_gathered_input_element_cycles=value["gathered_input"],
+        elementwise_cycles_per_element={k: value[k] for k in ELEMENTWISE})
+    errors = tuple(fit.predict(m.case) / m.cycles - 1.0 for m in measurements)
+    return replace(fit, relative_errors=errors)
+
+
+def fit_summary(fit: LatencyFit, measurements: Sequence[KernelMeasurement]) -> list[dict[str, object]]:
+    """Per kind and bit-width: the fitted cycles per MAC (or per element) and the largest relative error."""
+    rows: list[dict[str, object]] = []
+    for kind, bits in [*_MAC_KEYS, *((k, 0) for k in ELEMENTWISE)]:
+        errors = [e for m, e in zip(measurements, fit.relative_errors)
+                  if (m.case.weighted and m.case.kind == kind and bits in m.case.channels_by_bits)
+                  or (bits == 0 and m.case.table_kind == kind)]
+        per = fit.cycles_per_mac(kind, bits) if bits else fit.elementwise_cycles(kind)
+        rows.append({"kind": kind, "bits": bits or None, "cycles_per_mac" if bits else "cycles_per_element": per,
+                     "measurements": len(errors), "max_relative_error": max((abs(e) for e in errors), default=0.0)})
+    return rows
+
+
+# --------------------------------------------------------------------------- writing the YAML
+
+
+def _fmt(value: float) -> str:
+    """A short decimal that keeps 4 significant digits."""
+    if value == 0:
+        return "0"
+    digits = max(0, 3 - int(math.floor(math.log10(abs(value)))))
+    text = f"{value:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _folded(key: str, text: str, indent: int) -> list[str]:
+    pad = " " * indent
+    lines = textwrap.wrap(" ".join(text.split()), width=100 - indent - 2)
+    return [f"{pad}{key}: >-", *(f"{pad}  {line}" for line in lines)]
+
+
+def _yaml_scalar(value: str) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def compiler_version(cc: str) -> str:
+    """`cc --version`'s first line (for provenance)."""
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()
+    except OSError:
+        return cc
+    return out[0] if out else cc
+
+
+def cycles_per_instruction(measurements: Sequence[KernelMeasurement]) -> float:
+    total = sum(m.instructions for m in measurements)
+    return sum(m.cycles for m in measurements) / total if total else 1.0
+
+
+def latency_block(fit: LatencyFit, target: "TargetSpec", measurements: Sequence[KernelMeasurement], grid: str,
+                  emulator: str, compiler: str, date: str, instruction_cycles_text: Sequence[str]) -> list[str]:
+    """The `latency:` section of a target file holding `fit` (YAML lines)."""
+    worst = fit.max_relative_error
+    cpi = cycles_per_instruction(measurements)
+    count = len(measurements)
+    source = (f"calibrated by `edgejpq calibrate --target {target.name}{' --quick' if grid == 'quick' else ''}` "
+              f"on {date} (edgejpq {__version__}): {count} one-layer models (every kernel x 8/4/2-bit weights "
+              f"over the {grid} grid of shapes, edgejpq/calibrate.py) built with this file's compiler flags "
+              f"({compiler}) and the {target.kernels} kernels, run in {emulator}; each layer's "
+              f"instructions counted exactly by edgejpq's QEMU plugin, turned into cycles with "
+              f"latency.instruction_cycles, and fitted by bounded least squares in relative error "
+              f"(largest error {100 * worst:.1f}%). Not measured on a board.")
+    conversion = (f"estimated, not measured: QEMU has no cycle counter, so the plugin counts every executed "
+                  f"instruction by class (edgejpq/emulate/plugin) and each class costs the cycles of "
+                  f"latency.instruction_cycles ({target.core}; loads and stores of several words by their word "
+                  f"count, taken branches, multiplies and divides apart); over the calibration runs that is "
+                  f"{_fmt(cpi)} cycles per instruction on average (calibration.cycles_per_instruction). Memory "
+                  f"wait states and caches are not modelled.")
+    lines = ["latency:", "  calibrated: true", *_folded("source", source, 2),
+             *_folded("instructions_to_cycles", conversion, 2), "  cycles_per_mac:"]
+    width = max(len(k) for k in WEIGHTED_KINDS) + 1
+    for kind in WEIGHTED_KINDS:
+        entries = dict(getattr(target.latency.cycles_per_mac, kind))
+        entries.update(fit.cycles_per_mac_table[kind])
+        body = ", ".join(f"{key}: {_fmt(value)}" for key, value in entries.items())
+        lines.append(f"    {(kind + ':').ljust(width)} {{{body}}}")
+    lines += [f"  per_layer_overhead_cycles: {_fmt(fit.per_layer_overhead_cycles)}",
+              f"  per_output_channel_overhead_cycles: {_fmt(fit.per_output_channel_overhead_cycles)}"
+              "   # per output value (each kept channel at each pixel)",
+              f"  per_output_pixel_overhead_cycles: {_fmt(fit.per_output_pixel_overhead_cycles)}",
+              "  per_input_element_cycles: {"
+              + ", ".join(f"{k}: {_fmt(v)}" for k, v in fit.per_input_element_cycles.items()) + "}",
+              "  per_channel_cycles: {" + ", ".join(f"{k}: {_fmt(v)}" for k, v in fit.per_channel_cycles.items()) + "}",
+              "  ungrouped_cycles_per_mac: {"
+              + ", ".join(f"{k}: {_fmt(v)}" for k, v in fit.ungrouped_cycles_per_mac.items()) + "}",
+              "  sub_byte_output_value_cycles: {"
+              + ", ".join(f"{k}: {_fmt(v)}" for k, v in fit.sub_byte_output_value_cycles.items()) + "}",
+              f"  per_window_row_cycles: {_fmt(fit.per_window_row_cycles)}",
+              f"  per_gathered_input_element_cycles: {_fmt(fit.per_gathered_input_element_cycles)}",
+              "  elementwise_cycles_per_element: {"
+              + ", ".join(f"{k}: {_fmt(v)}" for k, v in fit.elementwise_cycles_per_element.items()) + "}",
+              *instruction_cycles_text,
+              "  calibration:",
+              f"    date: {_yaml_scalar(date)}",
+              f"    tool: {_yaml_scalar(f'edgejpq {__version__}')}",
+              f"    emulator: {_yaml_scalar(emulator)}",
+              f"    compiler: {_yaml_scalar(compiler)}",
+              f"    kernels: {target.kernels}",
+              f"    grid: {grid}",
+              f"    measurements: {count}",
+              f"    max_relative_error: {worst:.4f}",
+              f"    cycles_per_instruction: {cpi:.4f}"]
+    return lines
+
+
+def _section(lines: list[str], key: str, where: str) -> tuple[int, int]:
+    """[start, end) line range of a top-level key's block."""
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"{key}:")), None)
+    if start is None:
+        raise EdgejpqError(f"{where}: key {key}: not found as a top-level block; calibrate rewrites that block")
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith((" ", "#"))):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1
+    return start, end
+
+
+def _sub_block(lines: list[str], key: str) -> list[str]:
+    """Lines of a two-space-indented key inside a block (the key line and its deeper lines)."""
+    for i, line in enumerate(lines):
+        if line.startswith(f"  {key}:"):
+            end = i + 1
+            while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
+                end += 1
+            return lines[i:end]
+    return []
+
+
+def calibrated_text(source_text: str, target: "TargetSpec", fit: LatencyFit,
+                    measurements: Sequence[KernelMeasurement], grid: str, emulator: str, compiler: str,
+                    date: Optional[str] = None) -> str:
+    """The target file's text with its `latency:` block replaced by `fit` and its provenance."""
+    lines = source_text.splitlines()
+    start, end = _section(lines, "latency", target.where)
+    instruction_cycles = _sub_block(lines[start:end], "instruction_cycles")
+    date = date or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    block = latency_block(fit, target, measurements, grid, emulator, compiler, date, instruction_cycles)
+    return "\n".join([*lines[:start], *block, *lines[end:]]) + "\n"
+
+
+def write_calibration(output: Path, text: str) -> "TargetSpec":
+    """Validate `text` as a target file, write it atomically to `output`, and re-read it as any user would."""
+    import yaml
+
+    from edgejpq.cost.target import load_target_file, validate_target
+
+    output = Path(output)
+    validate_target(yaml.safe_load(text), str(output))  # before touching the file
+    atomic_write_bytes(output, text.encode("utf-8"))
+    return load_target_file(output)
+
+
+# --------------------------------------------------------------------------- the whole job
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """What `calibrate_target` did: the measurements, the fit, the file written and the target it now holds."""
+
+    target: "TargetSpec"  # as re-read from `output`
+    output: Path
+    grid: str
+    fit: LatencyFit
+    measurements: tuple[KernelMeasurement, ...]
+    emulator: str
+    compiler: str
+    seconds: float
+
+
+def calibrate_target(target: "TargetSpec", output: Path, *, quick: bool = False, workers: int = 2,
+                     workdir: Optional[Path] = None, on_start: Optional[Callable[[int], None]] = None,
+                     on_done: Optional[Callable[[KernelMeasurement], None]] = None) -> CalibrationRun:
+    """Measure the grid in QEMU for `target`, fit its latency table and write the calibrated target file to `output`.
+
+    The written file is `target`'s own file (its path) with the `latency:` block replaced."""
+    import tempfile
+    import time
+
+    from edgejpq.emulate.qemu import find_cross_tools, qemu_version
+
+    check_calibratable(target)
+    tools = find_cross_tools(target.compiler.cc)
+    output = Path(output)
+    folder = output.resolve().parent
+    if not folder.is_dir():
+        raise EdgejpqError(f"{output}: output folder {folder} does not exist")
+    try:
+        source_text = Path(target.path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EdgejpqError(f"{target.where}: cannot read the target file ({exc.strerror})") from None
+    cases = quick_grid() if quick else calibration_grid()
+    if on_start is not None:
+        on_start(len(cases))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgejpq-calibrate-") as tmp:
+        measured = measure_cases(cases, target, Path(workdir or tmp), workers=workers, on_done=on_done)
+    fit = fit_latency(measured)
+    grid = "quick" if quick else "full"
+    emulator = f"{qemu_version()}, machine {target.qemu.machine}"  # type: ignore[union-attr]
+    compiler = compiler_version(tools.cc)
+    text = calibrated_text(source_text, target, fit, measured, grid, emulator, compiler)
+    written = write_calibration(output, text)
+    return CalibrationRun(written, output, grid, fit, tuple(measured), emulator, compiler,
+                       time.perf_counter() - start)
