@@ -197,22 +197,91 @@ def export(
          "accuracy_fake_quant": acc_fake, "accuracy_integer": acc_int})
 
 
+# --------------------------------------------------------------------------- import
+
+
+@app.command("import", epilog="Example: `edgejpq import model_int8.tflite -o model.ejq`; then `edgejpq emulate "
+                              "model_int8.tflite` compares our C with the TFLite interpreter")
+@user_errors
+def import_(
+    source: Annotated[Path, typer.Argument(metavar="MODEL.tflite", help="Fully-int8 TensorFlow Lite model.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="QuantizedModel file to write (.ejq).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (C prefix); default: the output file's stem.")] = None,
+    keep_softmax: Annotated[bool, typer.Option(
+        "--keep-softmax", help="Refuse a final SOFTMAX instead of dropping it (edgejpq has no int8 softmax).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a fully-int8 `.tflite` (needs `pip install 'edgejpq[tflite]'`) into a `.ejq` that matches TFLite's
+    reference kernels byte for byte."""
+    from edgejpq.artifact import save_model
+    from edgejpq.tflite_import import import_tflite
+
+    _check_output_folder(output)
+    imported = import_tflite(source, name=name or output.stem, drop_softmax=not keep_softmax)
+    qmodel = imported.model
+    content_hash = save_model(qmodel, output)
+    kinds: dict[str, int] = {}
+    for op in qmodel.ops:
+        kinds[op.kind] = kinds.get(op.kind, 0) + 1
+    _summary(f"edgejpq import → {output}", [
+        ("source", f"{source} ({source.stat().st_size:,} B)"), ("ops", ", ".join(f"{k} {v}" for k, v in kinds.items())),
+        ("input / output", f"{qmodel.input_info.shape} / {qmodel.output_info.shape}"),
+        ("weight bytes (packed)", qmodel.weight_bytes), ("constant bytes", qmodel.constant_bytes),
+        ("arena bytes", f"{qmodel.layout.arena_bytes} (lower bound {qmodel.layout.lower_bound})"),
+        *((f"note {i + 1}", note) for i, note in enumerate(imported.notes)),
+        ("hash", content_hash[:16])], as_json,
+        {"output": str(output), "hash": content_hash, "ops": len(qmodel.ops), "weight_bytes": qmodel.weight_bytes,
+         "arena_bytes": qmodel.layout.arena_bytes, "tflite_bytes": source.stat().st_size,
+         "notes": list(imported.notes)})
+
+
 # --------------------------------------------------------------------------- generate
 
 
-@app.command(epilog="Example: `edgejpq generate model.ejq -o firmware/`: then `make -C firmware test`")
+@app.command(epilog="Examples: `edgejpq generate model.ejq -o firmware/`: then `make -C firmware test`; "
+                    "`edgejpq generate model.ejq -o f446/ --board nucleo-f446re`: then `make -C f446 flash`")
 @user_errors
 def generate(
     model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the C sources into.")],
     name: Annotated[Optional[str], typer.Option(help="C prefix; default: the model's name.")] = None,
+    board: Annotated[Optional[str], typer.Option(
+        help="Write a firmware project for this board (e.g. nucleo-f446re; an unknown name lists them all): "
+             "the sources in model/ plus start-up, linker script, UART, a golden test main and a Makefile.")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="With --board: target name or YAML file for the compiler flags and kernels (default: the target "
+             "listing the board); its core must be the board's.")] = None,
+    serial: Annotated[bool, typer.Option(
+        "--serial", help="With --board: the project's main speaks the serial protocol (docs/serial-protocol.md) "
+                         "for `edgejpq validate --port`, instead of running the golden vectors.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Emit the C sources: model, packed weights, the kernels used, Makefile, CMake fragment, golden test."""
     from codegen.generate import generate_sources
     from edgejpq.artifact import load_model
 
+    if target is not None and board is None:
+        raise EdgejpqError("--target selects the board project's flags and kernels: add --board")
+    if serial and board is None:
+        raise EdgejpqError("--serial makes a board project speak the serial protocol: add --board")
     qmodel = load_model(model_file)
+    if board is not None:
+        from codegen.boards import generate_board_project, generate_serial_board_project
+        from edgejpq.cost.target import load_target
+
+        make_project = generate_serial_board_project if serial else generate_board_project
+        project = make_project(qmodel, board, output, name=name,
+                               target=None if target is None else load_target(target))
+        _summary(f"edgejpq generate → {output}", [
+            ("board", project.board), ("target", project.target), ("kernels", project.kernels),
+            ("name", project.name), ("files", len(project.files)), ("weight bytes", qmodel.weight_bytes),
+            ("arena bytes", qmodel.layout.arena_bytes), ("model hash", qmodel.short_hash),
+            ("main", "serial protocol harness" if serial else "golden-vector self-test"),
+            ("build it", f"make -C {output}"), ("flash it", f"make -C {output} flash")], as_json,
+            {"output": str(output), "board": project.board, "target": project.target, "name": project.name,
+             "files": list(project.files), "elf": str(project.elf), "weight_bytes": qmodel.weight_bytes,
+             "arena_bytes": qmodel.layout.arena_bytes, "hash": qmodel.content_hash})
+        return
     result = generate_sources(qmodel, output, name=name)
     files = [Path(f).name for f in result.files]
     _summary(f"edgejpq generate → {output}", [
@@ -233,7 +302,9 @@ RANDOM_SAMPLES = 64
                     "`edgejpq emulate model.ejq --target cortex-m4 --qemu --data fashion-mnist --limit 500`")
 @user_errors
 def emulate(
-    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file.")],
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file, or a fully-int8 "
+                                                                         ".tflite (imported on the fly and its "
+                                                                         "interpreter added as a third reference).")],
     data: Annotated[Optional[str], typer.Option(
         help="Labelled data set; its test split is streamed through the C build. Without it: "
              f"seeded random inputs (--limit of them, default {RANDOM_SAMPLES}), no accuracy.")] = None,
@@ -262,21 +333,17 @@ def emulate(
                            "kernels)")
     if sanitize and qemu:
         raise EdgejpqError("--sanitize applies to the host build only: drop it or --qemu")
-    qmodel = load_model(model_file)
+    imported = None
+    if model_file.suffix.lower() == ".tflite":
+        from edgejpq.tflite_import import import_tflite
+
+        imported = import_tflite(model_file)
+        qmodel = imported.model
+    else:
+        qmodel = load_model(model_file)
     if save_outputs is not None:
         _check_output_folder(save_outputs)
-    if data is not None:
-        from edgejpq.data import load_dataset
-        from edgejpq.quant.integerize import quantize_input
-
-        ds = load_dataset(data)
-        n = len(ds.x_test) if limit is None else min(limit, len(ds.x_test))
-        inputs = quantize_input(qmodel, ds.x_test[:n])
-        labels: Optional[np.ndarray] = ds.y_test[:n]
-    else:
-        n = limit or RANDOM_SAMPLES
-        inputs = np.random.default_rng(0).integers(-128, 128, size=(n, *qmodel.input_info.shape), dtype=np.int8)
-        labels = None
+    n, inputs, labels = _stream_inputs(qmodel, data, limit)
     with tempfile.TemporaryDirectory(prefix="edgejpq-emulate-") as tmp:
         folder = workdir if workdir is not None else Path(tmp)
         with _progress() as progress:
@@ -311,6 +378,15 @@ def emulate(
         "bit_exact": result.bit_exact, "samples": n, "accuracy": accuracy,
         "arena_bytes": qmodel.layout.arena_bytes, "weight_bytes": qmodel.weight_bytes,
         "hash": qmodel.content_hash, "mismatch": mismatch}
+    if imported is not None:
+        from edgejpq.tflite_import import run_interpreter
+
+        interpreter = run_interpreter(model_file, inputs, tensor=imported.reference_tensor)
+        differ = int((interpreter != result.outputs.reshape(n, -1)).sum())
+        rows.append(("equal to the TFLite interpreter", "yes (reference kernels, every byte)" if differ == 0
+                     else f"NO: {differ} bytes differ"))
+        payload["tflite_interpreter_equal"] = differ == 0
+        payload["tflite_notes"] = list(imported.notes)
     if qemu:
         title = _qemu_summary(qmodel, spec, result, rows, payload)
     else:
@@ -319,7 +395,7 @@ def emulate(
         payload["inferences_per_second"] = n / max(seconds, 1e-9)
         title = f"edgejpq emulate (host gcc{', sanitizers' if sanitize else ''})"
     _summary(title, rows, as_json, payload)
-    if not result.bit_exact:
+    if not result.bit_exact or payload.get("tflite_interpreter_equal") is False:
         raise typer.Exit(1)
 
 
@@ -371,6 +447,177 @@ def _qemu_summary(qmodel: Any, spec: Any, result: Any, rows: list[tuple[str, Any
                    for o in result.ops],
     })
     return f"edgejpq emulate (QEMU {spec.qemu.machine if spec.qemu else ''}, target {spec.name})"
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _stream_inputs(qmodel: Any, data: Optional[str], limit: Optional[int]) -> tuple[int, np.ndarray,
+                                                                                 Optional[np.ndarray]]:
+    """The int8 inputs (and labels) `emulate` and `validate` stream: the data set's test split, or seeded
+    random inputs without --data."""
+    if data is None:
+        n = limit or RANDOM_SAMPLES
+        return n, np.random.default_rng(0).integers(-128, 128, size=(n, *qmodel.input_info.shape), dtype=np.int8), None
+    from edgejpq.data import load_dataset
+    from edgejpq.quant.integerize import quantize_input
+
+    ds = load_dataset(data)
+    n = len(ds.x_test) if limit is None else min(limit, len(ds.x_test))
+    return n, quantize_input(qmodel, ds.x_test[:n]), ds.y_test[:n]
+
+
+@app.command(epilog="Examples: `edgejpq validate model.ejq --port /dev/ttyACM0 --data fashion-mnist --limit 200`; "
+                    "`edgejpq validate model.ejq --qemu --target cortex-m4 --data digits --json`; "
+                    "`--port socket://127.0.0.1:4444` reaches any firmware whose UART is on a TCP socket")
+@user_errors
+def validate(
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file the firmware was built from.")],
+    port: Annotated[Optional[str], typer.Option(help="Serial port or pyserial URL (/dev/ttyACM0, COM3, "
+                                                     "socket://HOST:PORT) of a board running the serial firmware.")] = None,
+    baud: Annotated[int, typer.Option(min=1, help="Baud rate of --port (the firmware's is 115200).")] = 115200,
+    data: Annotated[Optional[str], typer.Option(
+        help="Labelled data set whose test split is streamed through the firmware. Without it: seeded random "
+             f"inputs (--limit of them, default {RANDOM_SAMPLES}), no accuracy.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N test samples.")] = None,
+    qemu: Annotated[bool, typer.Option("--qemu", help="Build the serial firmware for --target, run it in "
+                                                      "qemu-system-arm with its UART on a loopback socket, validate "
+                                                      "through it and stop QEMU.")] = False,
+    target: Annotated[Optional[str], typer.Option(help="With --qemu: target name or YAML file (default cortex-m4).")] = None,
+    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds an answer may take (plus its bytes' time on "
+                                                          "the wire) before the request is resent.")] = 2.0,
+    retries: Annotated[int, typer.Option(min=0, help="Resends of a request whose answer is late or damaged.")] = 3,
+    workdir: Annotated[Optional[Path], typer.Option(help="With --qemu: keep the generated sources and build here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a board's (or QEMU's) firmware over serial: its HELLO must name this model; every output byte of
+    the data set must equal the numpy reference. Reports bit-exactness, accuracy and latency.
+
+    Latency is the core's cycle counter (DWT CYCCNT) where the firmware has one running; QEMU has none,
+    so `--qemu` reports exact instructions per inference (instruction-count plugin) instead. The
+    protocol is described in docs/serial-protocol.md.
+    """
+    from edgejpq.artifact import load_model
+    from edgejpq.serial.link import SerialLink
+    from edgejpq.serial.validate import validate_link, validate_qemu
+
+    if (port is None) == (not qemu):
+        raise EdgejpqError("give either --port PORT (a board or socket://HOST:PORT) or --qemu (with --target)")
+    if target is not None and not qemu:
+        raise EdgejpqError("--target selects the firmware to build for QEMU: add --qemu")
+    qmodel = load_model(model_file)
+    n, inputs, labels = _stream_inputs(qmodel, data, limit)
+    spec = None
+    with tempfile.TemporaryDirectory(prefix="edgejpq-validate-") as tmp, _progress() as progress:
+        if qemu:
+            from edgejpq.cost.target import load_target
+
+            spec = load_target(target or "cortex-m4")
+            task = progress.add_task(f"validating on QEMU {spec.qemu.machine if spec.qemu else spec.name}", total=n)
+            result = validate_qemu(qmodel, inputs, workdir if workdir is not None else Path(tmp), spec, labels,
+                                   timeout=timeout, retries=retries,
+                                   on_progress=lambda done: progress.update(task, completed=done))
+        else:
+            task = progress.add_task(f"validating on {port}", total=n)
+            with SerialLink.open(str(port), baud=baud, timeout=timeout, retries=retries) as link:
+                result = validate_link(link, qmodel, inputs, labels,
+                                       on_progress=lambda done: progress.update(task, completed=done))
+    hello = result.hello
+    cycles = None if result.cycles is None else float(result.cycles.mean())
+    latency_ms = None if cycles is None or not hello.clock_hz else 1e3 * cycles / hello.clock_hz
+    round_trip_ms = 1e3 * float(result.round_trip_seconds.mean()) if n else None
+    stats = result.stats
+    mismatch = None if result.mismatch is None else str(result.mismatch)
+    if cycles is not None:
+        latency_text = f"{cycles:,.0f} cycles = {latency_ms:.3f} ms at {hello.clock_hz / 1e6:g} MHz (DWT CYCCNT)"
+    else:
+        latency_text = "n/a: the firmware has no running cycle counter" + (" (QEMU has none)" if qemu else "")
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{qmodel.name} ({qmodel.short_hash})"),
+        ("firmware", f"{hello.target} on {hello.board}, edgejpq {hello.firmware}, protocol {hello.version}"),
+        ("port", result.port),
+        ("samples", n if data is not None else f"{n} (seeded random inputs)"),
+        ("bit-exact vs reference", "yes" if result.bit_exact else
+         f"NO: {result.mismatched_samples} of {n} samples differ; first: {mismatch}"),
+        ("accuracy (firmware)", _pct(result.accuracy)),
+        ("latency / inference", latency_text)]
+    if result.instructions_per_inference is not None:
+        rows.append(("instructions / inference", f"{result.instructions_per_inference:,.0f} (QEMU plugin, exact)"))
+    estimate = result.cycles_estimate_per_inference
+    if estimate is not None and spec is not None:
+        rows.append(("est. cycles / inference", f"{estimate:,.0f} = {1e3 * estimate / spec.clock_hz:.3f} ms at "
+                                                f"{spec.clock_hz / 1e6:g} MHz (instruction timings of {spec.name})"))
+    rows += [("round trip / sample", "n/a" if round_trip_ms is None else
+              f"{round_trip_ms:.2f} ms ({n / max(result.seconds, 1e-9):.0f} samples/s, wire time included)"),
+             ("link", f"{stats['requests']} requests, {stats['resends']} resent, {stats['timeouts']} timeouts, "
+                      f"{stats['damaged_reports']} damaged frames reported, {stats['bad_frames']} dropped")]
+    payload: dict[str, Any] = {
+        "bit_exact": result.bit_exact, "samples": n, "accuracy": result.accuracy,
+        "mismatched_samples": result.mismatched_samples, "mismatch": mismatch, "hash": qmodel.content_hash,
+        "port": result.port, "target": hello.target, "board": hello.board,
+        "clock_hz": hello.clock_hz, "cycles_per_inference": cycles, "latency_ms_per_inference": latency_ms,
+        "instructions_per_inference": result.instructions_per_inference,
+        "cycles_estimate_per_inference": estimate, "round_trip_ms_per_sample": round_trip_ms,
+        "samples_per_second": n / max(result.seconds, 1e-9), "link": stats}
+    title = f"edgejpq validate ({'QEMU ' + spec.qemu.machine if spec is not None and spec.qemu else port})"
+    _summary(title, rows, as_json, payload)
+    if not result.bit_exact:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- flash
+
+
+@app.command(epilog="Example: `edgejpq flash f446/build/firmware.elf --board nucleo-f446re --port /dev/ttyUSB0` "
+                    "(BOOT0 high, USB-serial adapter on USART1 PA9/PA10, then reset)")
+@user_errors
+def flash(
+    firmware: Annotated[Path, typer.Argument(metavar="FIRMWARE", help="The .elf or .bin to program.")],
+    board: Annotated[str, typer.Option(help="Board name (see `edgejpq generate --help`), e.g. nucleo-f446re.")],
+    port: Annotated[str, typer.Option(help="Serial port (or pyserial URL) wired to the chip's bootloader USART.")],
+    baud: Annotated[int, typer.Option(min=1200, help="Baud rate (the bootloader detects it from the 0x7F sync).")] = 115200,
+    verify: Annotated[bool, typer.Option(help="Read the flash back and compare.")] = True,
+    go: Annotated[bool, typer.Option(help="Start the firmware when done.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Program an STM32 board through its ROM bootloader over a UART (ST AN3155): sync, chip ID check,
+    erase, write, read back and verify, go. Uses the `stm32loader` library (`pip install 'edgejpq[flash]'`).
+
+    NUCLEO boards flash more simply through their ST-LINK with OpenOCD: `make flash` in a project from
+    `edgejpq generate --board`; this command is for a chip reached only over a UART.
+    """
+    from codegen.boards import load_board
+    from edgejpq.serial.flash import firmware_image, flash_stm32, open_bootloader_port
+
+    spec = load_board(board)
+    if not spec.chip.upper().startswith("STM32"):
+        raise EdgejpqError(f"board {board} has a {spec.chip}: only STM32 boards flash through the ROM bootloader; "
+                           f"use its debug probe (OpenOCD target {spec.openocd_target})")
+    image = firmware_image(firmware)
+    if len(image) > spec.memory.flash.bytes:
+        raise EdgejpqError(f"{firmware}: {len(image):,} bytes do not fit the {spec.memory.flash.bytes:,}-byte flash "
+                           f"of {spec.chip}")
+    connection = open_bootloader_port(port, baud)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("connecting", total=len(image))
+
+            def on_progress(step: str, done: int, total: int) -> None:
+                progress.update(task, description=step, completed=done, total=total)
+
+            result = flash_stm32(image, connection, port=port, chip=spec.chip, address=spec.memory.flash.base,
+                                 verify=verify, start=go, on_progress=on_progress)
+    finally:
+        connection.close()
+    _summary(f"edgejpq flash → {board}", [
+        ("chip", f"{spec.chip} (product ID 0x{result.chip_id:03X}, bootloader {result.bootloader_version >> 4}."
+                 f"{result.bootloader_version & 0xF})"),
+        ("written", f"{result.bytes_written:,} bytes at 0x{result.address:08X}"),
+        ("verified", "yes" if result.verified else "no (--no-verify)"),
+        ("started", "yes" if result.started else "no (--no-go)"), ("time", f"{result.seconds:.1f} s")], as_json,
+        {"board": board, "port": port, "chip_id": result.chip_id, "bytes_written": result.bytes_written,
+         "address": result.address, "verified": result.verified, "started": result.started,
+         "seconds": round(result.seconds, 2)})
 
 
 # --------------------------------------------------------------------------- inspect
@@ -587,9 +834,9 @@ def calibrate(
     target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path; it needs a QEMU "
                                              "machine.")] = "cortex-m4",
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="Target file to write (default: ./<target>.yaml). Use it with `--target PATH`.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 30 kernel runs instead of "
-                                                        "70): a first look, a looser fit.")] = False,
+        "-o", "--output", help="Target file to write (default: ./TARGET.yaml). Use it with `--target PATH`.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 40 kernel runs instead of "
+                                                        "100): a first look, a looser fit.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="QEMU builds and runs in parallel.")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
@@ -600,8 +847,8 @@ def calibrate(
     `latency.instruction_cycles`; a least-squares fit gives cycles per MAC and the overheads. The
     target's file is written to `-o` with the fitted `latency:` block and its provenance
     (`calibrated: true`, date, edgejpq, QEMU and compiler versions, measurements, fit error), never
-    into the installed package: pass `--target` that file to search with it, or copy it over
-    `targets/<name>.yaml` in a checkout to ship it.
+    into the installed package: pass `--target` that file to search with it, or copy its `latency:`
+    block into `targets/NAME.yaml` in a checkout to ship it.
     """
     from edgejpq.calibrate import calibrate_target, check_calibratable, fit_summary
     from edgejpq.cost.target import load_target
@@ -618,7 +865,7 @@ def calibrate(
             on_done=lambda m: progress.update(task, advance=1, description=f"measured {m.case.label}"))
     rows = fit_summary(result.fit, result.measurements)
     table = Table(title=f"fitted latency table for {spec.name} ({spec.kernels} kernels)", title_justify="left")
-    for col in ("kind", "bits", "cycles / MAC (element)", "runs", "max fit error"):
+    for col in ("kind", "bits", "cycles / MAC (element)", "measured", "max fit error"):
         table.add_column(col, justify="left" if col == "kind" else "right")
     for row in rows:
         per = row.get("cycles_per_mac", row.get("cycles_per_element"))

@@ -8,8 +8,6 @@ sizes must add up; every generated board project must compile.
 
 from __future__ import annotations
 
-import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from edgejpq.emulate.qemu import (COUNTER_NAMES, build_qemu, emulate_qemu, estim
 from edgejpq.errors import EdgejpqError
 from edgejpq.quant.reference import predict
 
+from needs import need_programs
 from random_models import ALL_LABELS, coverage_model, op_coverage, random_model
 
 pytestmark = pytest.mark.qemu
@@ -34,16 +33,11 @@ pytestmark = pytest.mark.qemu
 SEEDS_M4 = tuple(range(24))
 SEEDS_M3 = tuple(range(100, 112))
 SAMPLES = 48
-TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-nm", "qemu-system-arm", "cc")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def tools() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{', '.join(missing)} not on PATH: CI must install the Arm toolchain and QEMU")
-        pytest.skip(f"{', '.join(missing)} not on PATH: install gcc-arm-none-eabi and qemu-system-arm")
+    need_programs()
 
 
 def _inputs(model, n: int = SAMPLES, seed: int = 0) -> np.ndarray:

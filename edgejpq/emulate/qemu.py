@@ -71,10 +71,15 @@ class CrossTools:
     qemu: str
 
 
+def cross_prefix(cc: str) -> str:
+    """The binutils prefix that goes with a cross compiler (`arm-none-eabi-gcc` → `arm-none-eabi-`)."""
+    return cc[: -len("gcc")] if cc.endswith("gcc") else "arm-none-eabi-"
+
+
 def find_cross_tools(cc: str = "arm-none-eabi-gcc") -> CrossTools:
     """Absolute paths of the cross compiler, its binutils and qemu-system-arm, or an EdgejpqError."""
     found = {}
-    prefix = cc[: -len("gcc")] if cc.endswith("gcc") else "arm-none-eabi-"
+    prefix = cross_prefix(cc)
     for key, program in (("cc", cc), ("nm", f"{prefix}nm"), ("size", f"{prefix}size"), ("qemu", "qemu-system-arm")):
         path = shutil.which(program)
         if path is None:
@@ -268,9 +273,13 @@ def _compile(command: list[str], where: str) -> None:
 
 
 def build_qemu(model: QuantizedModel, sources: "GeneratedSources", workdir: Path, target: "TargetSpec", *,
-               trace: bool = False) -> QemuFirmware:
-    """Cross-compile the generated sources with the target's flags and link them with the QEMU harness."""
-    from codegen.boards import write_qemu_harness
+               trace: bool = False, serial: bool = False) -> QemuFirmware:
+    """Cross-compile the generated sources with the target's flags and link them with the QEMU harness.
+
+    `serial` links the serial-protocol harness (edgejpq.serial) instead of the semihosting one: it
+    talks through the machine's UART, which `edgejpq.serial.qemu` puts on a loopback socket.
+    """
+    from codegen.boards import QEMU_FILES, SERIAL_UNITS, write_qemu_harness, write_serial_harness
     from codegen.lower import tensor_order
 
     if target.qemu is None:
@@ -284,18 +293,26 @@ def build_qemu(model: QuantizedModel, sources: "GeneratedSources", workdir: Path
         objects.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgejpqError(f"{workdir}: cannot create the build folder ({exc.strerror})") from None
-    ctx = write_qemu_harness(model, sources.name, sources.kernels, target.qemu.machine, target.qemu.flash_base,
-                             target.qemu.ram_base, board)
+    if serial and trace:
+        raise EdgejpqError("the serial harness has no trace output: build it with trace=False")
+    harness_args = (model, sources.name, sources.kernels, target.qemu.machine, target.qemu.flash_base,
+                    target.qemu.ram_base, board)
+    if serial:
+        ctx = write_serial_harness(*harness_args, target=target.name, clock_hz=target.clock_hz)
+        harness_units = SERIAL_UNITS
+    else:
+        ctx = write_qemu_harness(*harness_args)
+        harness_units = tuple(f for f in QEMU_FILES if f.endswith(".c"))
     defines = ["-DEJQ_PROFILE_ENABLED", *(["-DEJQ_TRACE_ENABLED"] if trace else [])]
     flags = [*target.compiler.cflags, *WARNING_FLAGS, *defines, f"-I{sources.out_dir}", f"-I{board}"]
-    units = [sources.out_dir / f for f in sources.library_sources] + [board / "harness.c", board / "startup.c"]
+    units = [sources.out_dir / f for f in sources.library_sources] + [board / f for f in harness_units]
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
         jobs = [pool.submit(_compile, [tools.cc, *flags, "-c", str(unit), "-o", str(objects / f"{unit.stem}.o")],
                             unit.name) for unit in units]
         for job in jobs:
             job.result()
-    elf = workdir / f"{sources.name}{'_trace' if trace else ''}.elf"
+    elf = workdir / f"{sources.name}{'_trace' if trace else ''}{'_serial' if serial else ''}.elf"
     link_map = elf.with_suffix(".map")
     _compile([tools.cc, *target.compiler.cflags, *LINK_FLAGS, f"-T{board / 'link.ld'}", f"-Wl,-Map={link_map}",
               "-o", str(elf), *(str(objects / f"{unit.stem}.o") for unit in units)], f"and linking {elf.name}")
@@ -376,16 +393,26 @@ def _merge_counts(parts: Sequence[InstructionCounts], regions: int) -> Instructi
     return InstructionCounts(per_region=per_region, per_inference=np.concatenate([p.per_inference for p in parts]))
 
 
-def _qemu_command(fw: QemuFirmware, tools: CrossTools, counts_file: Optional[Path],
-                  blocks_file: Optional[Path] = None) -> list[str]:
+def qemu_machine_args(fw: QemuFirmware, tools: CrossTools) -> list[str]:
+    """qemu-system-arm, the target's machine and CPU, no monitor, the firmware as kernel."""
     qemu = fw.target.qemu
     assert qemu is not None
-    command = [tools.qemu, "-M", qemu.machine, *(["-cpu", qemu.cpu] if qemu.cpu else []), "-nographic",
-               "-monitor", "none", "-semihosting-config", "enable=on,target=native", "-kernel", str(fw.elf)]
+    return [tools.qemu, "-M", qemu.machine, *(["-cpu", qemu.cpu] if qemu.cpu else []), "-monitor", "none",
+            "-kernel", str(fw.elf)]
+
+
+def plugin_args(fw: QemuFirmware, counts_file: Path, blocks_file: Optional[Path] = None) -> list[str]:
+    """The -plugin option counting instructions between the firmware's markers into counts_file."""
+    args = ",".join(f"{key}={hex(fw.markers[key])}" for key in ("begin", "op", "end"))
+    extra = f",blocks={blocks_file}" if blocks_file is not None else ""
+    return ["-plugin", f"{plugin_path()},{args},out={counts_file}{extra}"]
+
+
+def _qemu_command(fw: QemuFirmware, tools: CrossTools, counts_file: Optional[Path],
+                  blocks_file: Optional[Path] = None) -> list[str]:
+    command = [*qemu_machine_args(fw, tools), "-nographic", "-semihosting-config", "enable=on,target=native"]
     if counts_file is not None:
-        args = ",".join(f"{key}={hex(fw.markers[key])}" for key in ("begin", "op", "end"))
-        extra = f",blocks={blocks_file}" if blocks_file is not None else ""
-        command += ["-plugin", f"{plugin_path()},{args},out={counts_file}{extra}"]
+        command += plugin_args(fw, counts_file, blocks_file)
     return command
 
 
@@ -402,8 +429,8 @@ def _run_shard(fw: QemuFirmware, tools: CrossTools, x: np.ndarray, folder: Path,
         proc = subprocess.Popen(command, cwd=folder, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                code = proc.wait(timeout=0.05)
+            try:  # never wait past the deadline (a run shorter than one poll must still time out)
+                code = proc.wait(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
                 break
             except subprocess.TimeoutExpired:
                 if received is not None and out_file.exists():
@@ -618,5 +645,6 @@ def qemu_version() -> str:
 
 __all__ = ["COUNTER_NAMES", "CrossTools", "FirmwareSizes", "InstructionCounts", "OpCounts", "QemuEmulation",
            "QemuFirmware", "QemuRun", "build_qemu", "cache_dir", "emulate_qemu", "estimate_cycles",
-           "find_cross_tools", "firmware_sizes", "map_sections", "parse_counts", "plugin_path", "run_qemu",
+           "find_cross_tools", "firmware_sizes", "map_sections", "parse_counts", "plugin_args", "plugin_path",
+           "qemu_machine_args", "run_qemu",
            "summarize_counts", "trace_qemu", "__version__"]
