@@ -298,6 +298,32 @@ def generate(
 RANDOM_SAMPLES = 64
 
 
+def _load_model_or_tflite(model_file: Path) -> tuple[Any, Any]:
+    """A `.ejq` file, or a fully-int8 `.tflite` imported on the fly: (QuantizedModel, the import or None)."""
+    if model_file.suffix.lower() == ".tflite":
+        from edgejpq.tflite_import import import_tflite
+
+        imported = import_tflite(model_file)
+        return imported.model, imported
+    from edgejpq.artifact import load_model
+
+    return load_model(model_file), None
+
+
+def _check_tflite_interpreter(model_file: Path, imported: Any, inputs: np.ndarray, outputs: np.ndarray,
+                              rows: list[tuple[str, Any]], payload: dict[str, Any]) -> None:
+    """The TFLite interpreter as a third reference: add its verdict to the summary rows and JSON."""
+    from edgejpq.tflite_import import run_interpreter
+
+    n = len(inputs)
+    interpreter = run_interpreter(model_file, inputs, tensor=imported.reference_tensor)
+    differ = int((interpreter != outputs.reshape(n, -1)).sum())
+    rows.append(("equal to the TFLite interpreter", "yes (reference kernels, every byte)" if differ == 0
+                 else f"NO: {differ} bytes differ"))
+    payload["tflite_interpreter_equal"] = differ == 0
+    payload["tflite_notes"] = list(imported.notes)
+
+
 @app.command(epilog="Examples: `edgejpq emulate model.ejq --data fashion-mnist --limit 1000 --json`; "
                     "`edgejpq emulate model.ejq --target cortex-m4 --qemu --data fashion-mnist --limit 500`")
 @user_errors
@@ -326,21 +352,12 @@ def emulate(
     flash (weights, kernel code, total) and RAM (arena, stack high-water mark), and exact
     instructions per layer and per inference with a cycle estimate from the target's timings.
     """
-    from edgejpq.artifact import load_model
-
     if target is not None and not qemu:
         raise EdgejpqError("--target selects the QEMU target: add --qemu (the host build always uses the portable "
                            "kernels)")
     if sanitize and qemu:
         raise EdgejpqError("--sanitize applies to the host build only: drop it or --qemu")
-    imported = None
-    if model_file.suffix.lower() == ".tflite":
-        from edgejpq.tflite_import import import_tflite
-
-        imported = import_tflite(model_file)
-        qmodel = imported.model
-    else:
-        qmodel = load_model(model_file)
+    qmodel, imported = _load_model_or_tflite(model_file)
     if save_outputs is not None:
         _check_output_folder(save_outputs)
     n, inputs, labels = _stream_inputs(qmodel, data, limit)
@@ -379,14 +396,7 @@ def emulate(
         "arena_bytes": qmodel.layout.arena_bytes, "weight_bytes": qmodel.weight_bytes,
         "hash": qmodel.content_hash, "mismatch": mismatch}
     if imported is not None:
-        from edgejpq.tflite_import import run_interpreter
-
-        interpreter = run_interpreter(model_file, inputs, tensor=imported.reference_tensor)
-        differ = int((interpreter != result.outputs.reshape(n, -1)).sum())
-        rows.append(("equal to the TFLite interpreter", "yes (reference kernels, every byte)" if differ == 0
-                     else f"NO: {differ} bytes differ"))
-        payload["tflite_interpreter_equal"] = differ == 0
-        payload["tflite_notes"] = list(imported.notes)
+        _check_tflite_interpreter(model_file, imported, inputs, result.outputs, rows, payload)
     if qemu:
         title = _qemu_summary(qmodel, spec, result, rows, payload)
     else:
@@ -472,7 +482,10 @@ def _stream_inputs(qmodel: Any, data: Optional[str], limit: Optional[int]) -> tu
                     "`--port socket://127.0.0.1:4444` reaches any firmware whose UART is on a TCP socket")
 @user_errors
 def validate(
-    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file the firmware was built from.")],
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL.ejq", help="QuantizedModel file the firmware was built "
+                                                                         "from, or the fully-int8 .tflite it was "
+                                                                         "imported from (its interpreter is then a "
+                                                                         "third reference).")],
     port: Annotated[Optional[str], typer.Option(help="Serial port or pyserial URL (/dev/ttyACM0, COM3, "
                                                      "socket://HOST:PORT) of a board running the serial firmware.")] = None,
     baud: Annotated[int, typer.Option(min=1, help="Baud rate of --port (the firmware's is 115200).")] = 115200,
@@ -497,7 +510,6 @@ def validate(
     so `--qemu` reports exact instructions per inference (instruction-count plugin) instead. The
     protocol is described in docs/serial-protocol.md.
     """
-    from edgejpq.artifact import load_model
     from edgejpq.serial.link import SerialLink
     from edgejpq.serial.validate import validate_link, validate_qemu
 
@@ -505,7 +517,7 @@ def validate(
         raise EdgejpqError("give either --port PORT (a board or socket://HOST:PORT) or --qemu (with --target)")
     if target is not None and not qemu:
         raise EdgejpqError("--target selects the firmware to build for QEMU: add --qemu")
-    qmodel = load_model(model_file)
+    qmodel, imported = _load_model_or_tflite(model_file)
     n, inputs, labels = _stream_inputs(qmodel, data, limit)
     spec = None
     with tempfile.TemporaryDirectory(prefix="edgejpq-validate-") as tmp, _progress() as progress:
@@ -559,9 +571,11 @@ def validate(
         "instructions_per_inference": result.instructions_per_inference,
         "cycles_estimate_per_inference": estimate, "round_trip_ms_per_sample": round_trip_ms,
         "samples_per_second": n / max(result.seconds, 1e-9), "link": stats}
+    if imported is not None:
+        _check_tflite_interpreter(model_file, imported, inputs, result.outputs, rows, payload)
     title = f"edgejpq validate ({'QEMU ' + spec.qemu.machine if spec is not None and spec.qemu else port})"
     _summary(title, rows, as_json, payload)
-    if not result.bit_exact:
+    if not result.bit_exact or payload.get("tflite_interpreter_equal") is False:
         raise typer.Exit(1)
 
 

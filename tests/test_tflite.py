@@ -320,3 +320,13 @@ def test_cli_import_and_emulate_tflite(cases: dict[str, Case], tmp_path: Path) -
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["bit_exact"] and summary["tflite_interpreter_equal"] is True
     assert summary["samples"] == 200
+
+
+@pytest.mark.serial
+def test_cli_validate_tflite_in_qemu_over_serial(cases: dict[str, Case], tmp_path: Path) -> None:
+    source = tmp_path / "mixed.tflite"
+    source.write_bytes(cases["mixed"].content)
+    result = _edgejpq("validate", str(source), "--qemu", "--target", "cortex-m4", "--limit", "24", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["bit_exact"] and summary["tflite_interpreter_equal"] is True and summary["samples"] == 24
