@@ -13,7 +13,8 @@ plain packing, so the weights' flash is byte for byte the `.ejq` file's. 8-bit r
 layers keep the plain packing.
 
 `scratch_bytes` mirrors the kernels' scratch layout (ejq_dsp_conv.h, ejq_dsp_fc.h, ejq_dsp_dw.h):
-the requantization table of a run, int16 activations and, for depthwise layers, channel planes.
+the requantization table of a run, int16 activations and, for depthwise layers and convolutions of
+one input channel (which run on the depthwise machinery), channel planes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from edgejpq.quant.packing import pack_rows, row_bytes
 
 GROUP = {8: 1, 4: 2, 2: 4}
 RQ_ENTRY_BYTES = 16  # sizeof(ejq_rq)
-DW_CHANNELS = 4  # channels a depthwise pass converts at once
+DW_CHANNELS = 8  # channels a depthwise pass converts at once (EJQ_DW_CHANNELS)
 
 
 def group_size(bits: int) -> int:
@@ -67,8 +68,8 @@ def scratch_bytes(op: Conv2D | FullyConnected, tensors: Mapping[str, TensorInfo]
     k = weight_k(op, tensors)
     if isinstance(op, FullyConnected):
         return table + 2 * _k4(k) + 4
-    if not op.depthwise:
-        in_c = tensors[op.input].shape[2]
+    in_c = tensors[op.input].shape[2]
+    if not op.depthwise and in_c != 1:  # a convolution of one input channel runs as the depthwise kernel does
         gather = 2 * _k4(k) if in_c % 4 else 0
         return table + 4 * _k4(k) + 8 + gather
     in_h, in_w, _ = tensors[op.input].shape
@@ -77,4 +78,4 @@ def scratch_bytes(op: Conv2D | FullyConnected, tensors: Mapping[str, TensorInfo]
     kw2 = (kw + 1) // 2 * 2
     padded = max(in_w + op.padding[2], (out_w - 1) * op.stride[1] + kw) + 1
     plane_w = (padded + 1) // 2 * 2
-    return table + DW_CHANNELS * kh * kw2 * 2 + DW_CHANNELS * kh * plane_w * 2 + 4 * out_w + 4 * kh
+    return table + DW_CHANNELS * kh * kw2 * 2 + DW_CHANNELS * kh * plane_w * 2 + DW_CHANNELS * 4 * out_w + 4 * kh

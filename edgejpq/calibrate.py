@@ -64,6 +64,14 @@ class KernelCase:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     mix: tuple[tuple[int, int], ...] = ()  # several weight runs, (bits, channels) in channel order; () = one run
+    kernels: str = ""  # the kernel set measured (set by measure_case; the cost model's kind depends on it)
+
+    @property
+    def cost_kind(self) -> str:
+        """The kind the cost model prices this call as (edgejpq.cost.model.cost_kind)."""
+        from edgejpq.cost.model import cost_kind
+
+        return cost_kind(self.kind, self.in_shape[2], self.kernels)
 
     @property
     def weighted(self) -> bool:
@@ -122,7 +130,7 @@ class KernelCase:
         """What the kernel call converts before multiplying (edgejpq.cost.model.input_elements)."""
         from edgejpq.cost.model import input_elements
 
-        return int(input_elements(self.kind, self.pixels, self.k, self.out_shape[2], len(self.runs),
+        return int(input_elements(self.cost_kind, self.pixels, self.k, self.out_shape[2], len(self.runs),
                                   self.in_shape[0] * self.in_shape[1]))
 
     @property
@@ -130,7 +138,7 @@ class KernelCase:
         """Output channels outside a sub-byte group (edgejpq.cost.model.ungrouped_channels)."""
         from edgejpq.cost.model import ungrouped_channels
 
-        return sum(ungrouped_channels(self.kind, bits, count) for bits, count in self.runs) if self.weighted else 0
+        return sum(ungrouped_channels(self.cost_kind, bits, count) for bits, count in self.runs) if self.weighted else 0
 
     @property
     def elements(self) -> int:
@@ -306,6 +314,7 @@ def measure_case(case: KernelCase, target: "TargetSpec", workdir: Path, samples:
     index = len(model.ops) - 1  # the measured layer is the last op
     row = run.counts.per_region[index].astype(np.float64) / samples
     weights = check_calibratable(target)
+    case = replace(case, kernels=target.kernels)
     return KernelMeasurement(case, float(row[0]), float(estimate_cycles(row, weights)), tuple(float(v) for v in row))
 
 
@@ -340,7 +349,7 @@ def check_calibratable(target: "TargetSpec") -> "InstructionCycles":
 # --------------------------------------------------------------------------- the grid
 
 # (in shape, out channels) of the full grid's 3x3 convolutions: small and large K, few pixels and many channels,
-# a 1-channel first layer
+# a 1-channel first layer (the DSP set runs it on the depthwise kernel)
 _CONV = (((8, 8, 8), 8), ((12, 12, 16), 16), ((8, 8, 32), 24), ((6, 6, 64), 32), ((16, 16, 4), 8), ((20, 20, 1), 8),
          ((4, 4, 32), 64))
 _POINTWISE = (((8, 8, 16), 16), ((8, 8, 64), 32), ((12, 12, 32), 64), ((4, 4, 128), 128), ((2, 2, 128), 128),
@@ -395,7 +404,8 @@ def quick_grid() -> list[KernelCase]:
     ungrouped channels' extra, given the rest)."""
     cases = [conv_case("conv2d", (8, 8, 8), 8, 8), conv_case("conv2d", (6, 6, 32), 16, 8),
              conv_case("conv2d", (10, 10, 4), 16, 8), conv_case("conv2d", (4, 4, 32), 48, 8),
-             conv_case("conv2d", (12, 12, 1), 8, 8), conv1d_case(24, 16, 16, 8, 3),
+             conv_case("conv2d", (12, 12, 1), 8, 8), conv_case("conv2d", (10, 10, 3), 8, 8),
+             conv1d_case(24, 16, 16, 8, 3),
              conv_case("pointwise_conv2d", (8, 8, 16), 16, 8), conv_case("pointwise_conv2d", (4, 4, 64), 32, 8),
              conv_case("pointwise_conv2d", (6, 6, 32), 64, 8), conv_case("pointwise_conv2d", (2, 2, 96), 96, 8),
              conv_case("depthwise_conv2d", (8, 8, 8), 0, 8), conv_case("depthwise_conv2d", (6, 6, 32), 0, 8),
@@ -475,7 +485,7 @@ class LatencyFit:
 
         if case.weighted:
             oc = case.out_shape[2]
-            return float(weighted_cycles(self, case.kind, case.pixels, case.k, case.channels_by_bits, oc,
+            return float(weighted_cycles(self, case.cost_kind, case.pixels, case.k, case.channels_by_bits, oc,
                                          len(case.runs),
                                          case.in_shape[0] * case.in_shape[1], case.ungrouped, case.kernel[0],
                                          case.in_shape[2]))
@@ -494,20 +504,21 @@ def design_row(case: KernelCase) -> np.ndarray:
     row = np.zeros(len(_COLUMNS))
     row[0] = 1.0
     if case.weighted:
+        kind = case.cost_kind
         calls = len(case.runs)
         row[0] = calls
         row[1] = calls * case.pixels
         row[2] = case.pixels * case.out_shape[2]
-        row[_COLUMNS.index(f"input/{case.kind}")] = case.input_elements
-        if case.kind in CHANNEL_KINDS:
-            row[_COLUMNS.index(f"channel/{case.kind}")] = case.out_shape[2]
-        if case.kind in GROUPED_KINDS:
-            row[_COLUMNS.index(f"ungrouped/{case.kind}")] = case.ungrouped * case.pixels * case.k
+        row[_COLUMNS.index(f"input/{kind}")] = case.input_elements
+        if kind in CHANNEL_KINDS:
+            row[_COLUMNS.index(f"channel/{kind}")] = case.out_shape[2]
+        if kind in GROUPED_KINDS:
+            row[_COLUMNS.index(f"ungrouped/{kind}")] = case.ungrouped * case.pixels * case.k
         for bits, count in case.channels_by_bits.items():
-            if bits in (4, 2) and case.kind != "depthwise_conv2d":
+            if bits in (4, 2) and kind != "depthwise_conv2d":
                 row[_COLUMNS.index(f"value/w{bits}a8")] = case.pixels * count
-            row[_COLUMNS.index(f"{case.kind}/{bits}")] = case.pixels * case.k * count
-        if case.kind in ("conv2d", "pointwise_conv2d"):
+            row[_COLUMNS.index(f"{kind}/{bits}")] = case.pixels * case.k * count
+        if kind in ("conv2d", "pointwise_conv2d"):
             row[_COLUMNS.index("window_row")] = calls * case.pixels * case.kernel[0]
             if case.in_shape[2] % 4:
                 row[_COLUMNS.index("gathered_input")] = case.input_elements

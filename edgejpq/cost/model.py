@@ -39,6 +39,13 @@ def op_kind(op: Op) -> str:
     return "reshape"
 
 
+def cost_kind(kind: str, in_channels: int, kernels: Any) -> str:
+    """The kernel that runs a layer of `kind`: the DSP set runs a convolution of one input channel (a
+    first layer) on its depthwise machinery (firmware_templates/kernels/dsp/ejq_dsp_conv.h), so the
+    cost model prices it as a depthwise layer of as many channels."""
+    return "depthwise_conv2d" if kernels == "dsp" and kind == "conv2d" and in_channels == 1 else kind
+
+
 def input_elements(kind: str, pixels: Any, k: Any, kept_channels: Any, runs: int, input_pixels: Any) -> Any:
     """Input elements the kernel calls of one layer convert before multiplying (see edgejpq.cost.target):
     per call the im2col windows (pixels × K) of a convolution or the K inputs of a fully connected
@@ -186,6 +193,7 @@ def model_cost(model: QuantizedModel, target: Any) -> CostReport:
                 by_bits[run.bits] = by_bits.get(run.bits, 0) + run.count
             in_shape = model.tensors[op.input].shape
             in_pixels = in_shape[0] * in_shape[1]
+            kind = cost_kind(kind, in_shape[2], getattr(target, "kernels", None))
             ungrouped = sum(ungrouped_channels(kind, run.bits, run.count) for run in op.runs)
             kernel_rows = op.kernel[0] if isinstance(op, Conv2D) else 1
             cycles = weighted_cycles(target, kind, pixels, k, by_bits, out[2], len(op.runs), in_pixels, ungrouped,

@@ -19,7 +19,8 @@ import torch
 
 from edgejpq.artifact import QuantizedModel
 from edgejpq.cost.memory import arena_buffers
-from edgejpq.cost.model import CONSTANT_BYTES_PER_CHANNEL, elementwise_cycles, ungrouped_channels, weighted_cycles
+from edgejpq.cost.model import (CONSTANT_BYTES_PER_CHANNEL, cost_kind, elementwise_cycles, ungrouped_channels,
+                                weighted_cycles)
 from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
 from edgejpq.quant.integerize import absorbs_permutation
 from edgejpq.search.space import SearchableGraph
@@ -85,9 +86,10 @@ class CostModel:
                         else "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d")
                 kept = kept_out.sum()
                 runs = self._runs(layer, kept_out, probs[i])
-                ungrouped = self._ungrouped(layer, kind, kept_out, probs[i])
                 in_channels = (0 if layer.kind == "linear" or layer.depthwise
                                else round(float(self.channels(layer.input, keep).detach())))
+                kind = cost_kind(kind, in_channels, getattr(self.target, "kernels", None))
+                ungrouped = self._ungrouped(layer, kind, kept_out, probs[i])
                 cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs,
                                                   self.pixels[layer.input], ungrouped, layer.kernel[0], in_channels)
                 flash = flash + sum(count * k * bits / 8.0 for bits, count in by_bits.items())

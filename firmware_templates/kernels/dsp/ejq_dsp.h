@@ -20,8 +20,8 @@
  * channels that do not fill a last group keep the plain packing of the portable set.
  *
  * The requantization fast path (most channels: shift <= -1, multiplier > 2^30, exponent <= 23)
- * computes TFLite's MultiplyByQuantizedMultiplier plus the output zero point with one SMLAL and an
- * arithmetic shift; see ejq_requant_table for why it equals the reference bit for bit. Every other
+ * computes TFLite's MultiplyByQuantizedMultiplier plus the output zero point with SMMLAR, an add,
+ * a QADD and an arithmetic shift; see ejq_requant_table for why it equals the reference bit for bit. Every other
  * channel uses ejq_requantize_s8 of ejq_fixedpoint.h.
  *
  * Right shifts of negative values are arithmetic here (GCC's documented behaviour; this set is
@@ -42,15 +42,15 @@
 
 #define EJQ_INLINE static inline __attribute__((always_inline))
 
-/* Fast-path limit on the right shift: (1 + 2 zp) * 2^(30 + e) must stay far inside int64. */
+/* Fast-path limit on the right shift: ca = (1 + 2 zp) 2^(e - 1) must fit int32 (255 2^22 < 2^30). */
 #define EJQ_FAST_MAX_EXPONENT 23
 
 /* One output channel's requantization, prepared once per kernel call. */
 typedef struct {
-    int32_t k_lo;     /* fast path: low and high words of 2^30 + (1 + 2 zp) 2^(30 + e); */
-    int32_t k_hi;     /* general path: k_lo is the channel's shift */
+    int32_t m2;       /* fast path: 2 m - 2^32 (m2 in (-2^31, 0)); general path: the channel's shift */
+    int32_t ca;       /* fast path: (1 + 2 zp) 2^(e - 1) */
     int32_t multiplier;
-    int32_t shift;    /* fast path: e - 1 (>= 0); general path: -1 */
+    int32_t shift;    /* fast path: e (>= 1); general path: -1 */
 } ejq_rq;
 
 /* Bytes of a kernel's requantization table for `count` channels. */
@@ -68,6 +68,20 @@ EJQ_INLINE uint32_t ejq_load_u32(const void *p)
     uint32_t v;
     __asm__("ldr %0, %1" : "=r"(v) : "m"(*(const uint32_t *)p));
     return v;
+}
+
+/* A word from p + offset bytes, any alignment. */
+EJQ_INLINE uint32_t ejq_load_u32_at(const void *p, uint32_t offset)
+{
+    uint32_t v;
+    __asm__("ldr %0, [%1, %2]" : "=r"(v) : "r"(p), "r"(offset), "m"(*(const uint8_t *)p));
+    return v;
+}
+
+/* Store a word at p + offset bytes, any alignment (STR allows it on these cores; STRD and STM do not). */
+EJQ_INLINE void ejq_store_u32_at(void *p, uint32_t offset, uint32_t v)
+{
+    __asm__ volatile("str %0, [%1, %2]" : : "r"(v), "r"(p), "r"(offset) : "memory");
 }
 
 /* The same, post-incrementing the pointer by 4. */
@@ -97,6 +111,22 @@ EJQ_INLINE uint32_t ejq_sxtb16_ror8(uint32_t v)
     return r;
 }
 
+/* The low halves of lo and hi as one word, lo's low (PKHBT). */
+EJQ_INLINE uint32_t ejq_pkhbt(uint32_t lo, uint32_t hi)
+{
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(lo), "r"(hi));
+    return r;
+}
+
+/* The high halves of lo and hi as one word, lo's high in the low half (PKHTB). */
+EJQ_INLINE uint32_t ejq_pkhtb(uint32_t hi, uint32_t lo)
+{
+    uint32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(hi), "r"(lo));
+    return r;
+}
+
 /* Bytes 0 and 2 of v, sign-extended, plus the two halves of `offset` (SXTAB16). */
 EJQ_INLINE uint32_t ejq_sxtab16(uint32_t offset, uint32_t v)
 {
@@ -111,6 +141,14 @@ EJQ_INLINE uint32_t ejq_sxtab16_ror8(uint32_t offset, uint32_t v)
     return r;
 }
 
+/* High word of a x 2^32 + x y + 2^31 (SMMLAR with the accumulator x itself). */
+EJQ_INLINE int32_t ejq_smmlar(int32_t x, int32_t y, int32_t a)
+{
+    int32_t r;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(x), "r"(y), "r"(a));
+    return r;
+}
+
 /*
  * Requantization table of a run (once per kernel call). The fast path: with x the int32
  * accumulator (bias included), m the multiplier in (2^30, 2^31) and e = -shift in [1, 23],
@@ -118,7 +156,12 @@ EJQ_INLINE uint32_t ejq_sxtab16_ror8(uint32_t offset, uint32_t v)
  *   rdbpot(y, e) = floor((y + 2^(e-1) - [y < 0]) / 2^e)  (round half away from zero)
  * and since floor(floor(a) / n) = floor(a / n), and y < 0 exactly when x < 0 (as m > 2^30),
  *   rdbpot(srdhm(x, m), e) + zp = floor((x m + 2^30 + (1 + 2 zp) 2^(30+e) - [x < 0] 2^31) / 2^(31+e))
- * which is the high word of a 64-bit SMLAL shifted right by e - 1.
+ *                               = floor((H - [x < 0] + ca) / 2^e),  H = floor((2 x m + 2^31) / 2^32),
+ * ca = (1 + 2 zp) 2^(e-1). With m2 = 2 m - 2^32 (an int32), 2 x m = x 2^32 + x m2, so H is one
+ * SMMLAR(x, m2, x) (64-bit inside; H is in [-2^31 + 1, 2^31 - 1] as m < 2^31). H - [x < 0] cannot
+ * overflow; adding ca saturates (QADD) only where the exact sum is past int32, and then both the
+ * exact and the saturated quotient are beyond [-128, 127] (|quotient| >= 2^(31-e) - 1 >= 255), so
+ * the clamp gives the same int8.
  */
 EJQ_INLINE void ejq_requant_table(const ejq_weight_run *run, int32_t output_offset, ejq_rq *table)
 {
@@ -129,33 +172,37 @@ EJQ_INLINE void ejq_requant_table(const ejq_weight_run *run, int32_t output_offs
         ejq_rq *q = &table[c];
         q->multiplier = m;
         if (shift <= -1 && shift >= -EJQ_FAST_MAX_EXPONENT && m > (int32_t)(1u << 30)) {
-            const int64_t k = (int64_t)(1 + 2 * output_offset) * ((int64_t)1 << (30 - shift)) + ((int64_t)1 << 30);
-            q->k_lo = (int32_t)(uint32_t)(uint64_t)k;
-            q->k_hi = (int32_t)(k >> 32);
-            q->shift = -shift - 1;
+            q->m2 = (int32_t)((uint32_t)m * 2u);  /* 2 m - 2^32, as two's complement */
+            q->ca = (1 + 2 * output_offset) * (int32_t)(1u << (-shift - 1));
+            q->shift = -shift;
         } else {
-            q->k_lo = shift;
-            q->k_hi = 0;
+            q->m2 = shift;
+            q->ca = 0;
             q->shift = -1;
         }
     }
+}
+
+/* Fast path of one accumulator, before the clamp. */
+EJQ_INLINE int32_t ejq_rq_fast(int32_t x, int32_t m2, int32_t ca, int32_t e)
+{
+    const int32_t h = ejq_smmlar(x, m2, x) + (x >> 31);
+    return __qadd(h, ca) >> e;
+}
+
+EJQ_INLINE int32_t ejq_clamp(int32_t z, int32_t act_min, int32_t act_max)
+{
+    z = z < act_min ? act_min : z;
+    return z > act_max ? act_max : z;
 }
 
 /* Requantize accumulator x (bias included) of one channel: int8 in [act_min, act_max]. */
 EJQ_INLINE int8_t ejq_rq_apply(int32_t x, const ejq_rq *q, int32_t output_offset, int32_t act_min, int32_t act_max)
 {
     if (q->shift >= 0) {
-        const int32_t negative = x >> 31;  /* 0 or -1 */
-        int64_t v = (int64_t)(((uint64_t)(uint32_t)q->k_hi << 32) | (uint32_t)q->k_lo);
-        int32_t z;
-        v += (int64_t)negative * ((int64_t)1 << 31);
-        v += (int64_t)x * q->multiplier;
-        z = (int32_t)(v >> 32) >> q->shift;
-        z = z < act_min ? act_min : z;
-        z = z > act_max ? act_max : z;
-        return (int8_t)z;
+        return (int8_t)ejq_clamp(ejq_rq_fast(x, q->m2, q->ca, q->shift), act_min, act_max);
     }
-    return ejq_requantize_s8(x, q->multiplier, q->k_lo, output_offset, act_min, act_max);
+    return ejq_requantize_s8(x, q->multiplier, q->m2, output_offset, act_min, act_max);
 }
 
 #endif /* EJQ_DSP_H */

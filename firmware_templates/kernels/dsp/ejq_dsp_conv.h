@@ -1,5 +1,8 @@
 /*
  * DSP convolution (not depthwise; 1x1 included) over one weight run, two output pixels at a time.
+ * A convolution with one input channel (a first layer) runs on the depthwise machinery instead
+ * (ejq_dsp_dw.h: every output channel slides its kernel over the one input plane), with that
+ * kernel's scratch layout.
  *
  * For each pair of output pixels the two input windows are converted into int16 columns (the
  * interleaved layout of ejq_dsp.h); then every group of output channels runs an inner product over
@@ -17,6 +20,7 @@
 #define EJQ_DSP_CONV_H
 
 #include "ejq_dsp.h"
+#include "ejq_dsp_dw.h"
 #include "ejq_portable.h"
 
 EJQ_INLINE uint32_t ejq_k4(uint32_t k)
@@ -226,8 +230,8 @@ EJQ_INLINE void ejq_store2(int8_t *dst0, int8_t *dst1, uint32_t c, const int32_t
     dst1[c] = ejq_rq_apply(acc[1], q, p->output_offset, p->act_min, p->act_max);
 }
 
-EJQ_INLINE void ejq_dsp_conv_run(const ejq_conv_params *p, const ejq_weight_run *run, const int8_t *in, int8_t *out,
-                                 uint32_t bits)
+EJQ_INLINE void ejq_dsp_conv_im2col_run(const ejq_conv_params *p, const ejq_weight_run *run, const int8_t *in,
+                                        int8_t *out, uint32_t bits)
 {
     const ejq_window_geometry *g = &p->geometry;
     const uint32_t k = (uint32_t)g->kernel_h * g->kernel_w * p->in_c;
@@ -306,6 +310,17 @@ EJQ_INLINE void ejq_dsp_conv_run(const ejq_conv_params *p, const ejq_weight_run 
             pair[1] = run->bias[c] + ejq_dot_plain(row, bits, k, columns, 2u, 1u);
             ejq_store2(dst0, dst1, c, pair, &table[c], p);
         }
+    }
+}
+
+/* One input channel: the depthwise machinery (ejq_dsp_dw.h), every output channel on the one plane. */
+EJQ_INLINE void ejq_dsp_conv_run(const ejq_conv_params *p, const ejq_weight_run *run, const int8_t *in, int8_t *out,
+                                 uint32_t bits)
+{
+    if (p->in_c == 1u) {
+        ejq_dsp_dw_run(p, run, in, out, bits, 1u);
+    } else {
+        ejq_dsp_conv_im2col_run(p, run, in, out, bits);
     }
 }
 

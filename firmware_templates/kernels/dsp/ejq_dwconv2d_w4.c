@@ -3,5 +3,5 @@
 
 void ejq_dwconv2d_s8_w4(const ejq_conv_params *p, const ejq_weight_run *run, const int8_t *in, int8_t *out)
 {
-    ejq_dsp_dw_run(p, run, in, out, 4u);
+    ejq_dsp_dw_run(p, run, in, out, 4u, 0u);
 }
