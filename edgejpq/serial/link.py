@@ -24,6 +24,7 @@ DEFAULT_TIMEOUT_SECONDS = 2.0
 DEFAULT_RETRIES = 3
 POLL_SECONDS = 0.05  # the port's read timeout: how often a wait checks its deadline
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+SOCKET_CONNECT_SECONDS = 10.0  # how long a socket:// port may refuse connections (an emulator still starting)
 
 
 class BoardResetError(EdgejpqError):
@@ -74,12 +75,20 @@ class SerialLink:
             import serial
         except ImportError:
             raise EdgejpqError("pyserial is not installed: pip install 'pyserial>=3.5,<4'") from None
-        try:
-            port = serial.serial_for_url(url, baudrate=baud, timeout=POLL_SECONDS, write_timeout=max(timeout, 1.0))
-        except (serial.SerialException, ValueError, OSError) as exc:
-            raise EdgejpqError(f"port {url}: cannot open it ({exc}); list serial ports with "
-                               f"`python -m serial.tools.list_ports`, or give a pyserial URL such as "
-                               f"socket://127.0.0.1:PORT") from None
+        # A socket may not listen yet (QEMU starting in another terminal): retry it, bounded.
+        deadline = time.monotonic() + (SOCKET_CONNECT_SECONDS if url.startswith("socket://") else 0.0)
+        while True:
+            try:
+                port = serial.serial_for_url(url, baudrate=baud, timeout=POLL_SECONDS,
+                                             write_timeout=max(timeout, 1.0))
+                break
+            except (serial.SerialException, ValueError, OSError) as exc:
+                if time.monotonic() < deadline and not isinstance(exc, ValueError):
+                    time.sleep(POLL_SECONDS)
+                    continue
+                raise EdgejpqError(f"port {url}: cannot open it ({exc}); list serial ports with "
+                                   f"`python -m serial.tools.list_ports`, or give a pyserial URL such as "
+                                   f"socket://127.0.0.1:PORT") from None
         return cls(port=port, url=url, where=f"port {url}", baud=baud, timeout=timeout, retries=retries)
 
     def close(self) -> None:
