@@ -11,7 +11,7 @@ integer reference over the whole test set (the host C is bit-exact with it; the 
 that, and --emulate re-checks every point through the host C). Prints a table, writes
 bench/out/pareto_<model>.png and .json, and prints one JSON line last.
 
-    python bench/pareto.py --model resnet8 [--budgets 0.2,0.3,0.45] [--emulate]
+    python bench/pareto.py --model resnet8 [--budgets 0.2,0.3,0.45] [--emulate] [--float-checkpoint F.pt]
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from edgejpq.artifact import atomic_write_bytes
 from edgejpq.cost.target import load_target
 from edgejpq.data import load_dataset
 from edgejpq.graph import build_float_graph
 from edgejpq.search.report import plot_pareto
 from edgejpq.search.run import Budgets, SearchConfig, run_search
-from edgejpq.train import evaluate, train_float
+from edgejpq.train import evaluate, load_float_checkpoint, save_float_checkpoint, train_float
 from edgejpq.zoo import build_model
 
 OUT = Path(__file__).parent / "out"
@@ -51,17 +52,34 @@ def main() -> None:
     parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
                         help="run every point's test set through the host C and check it bit-exact (default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float-checkpoint", type=Path, default=None,
+                        help="reuse this float model if it exists (its pre-training time is read from it), "
+                             "else pre-train and save it there")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     console = Console(width=200)
     ds = load_dataset(args.data)
     target = load_target(args.target)
-    torch.manual_seed(args.seed)
-    net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes)
-    start = time.perf_counter()
-    train_float(net, ds, epochs=args.pretrain_epochs, lr=1e-3, seed=args.seed,
-                on_epoch=lambda e, loss, acc: console.print(f"float epoch {e}: loss {loss:.4f} test {100 * acc:.2f}%"))
-    float_seconds = time.perf_counter() - start
+    if args.float_checkpoint is not None and args.float_checkpoint.exists():
+        net, meta = load_float_checkpoint(args.float_checkpoint)
+        if meta["model_spec"] != f"zoo:{args.model}" or meta["data_spec"] != args.data or \
+                len(meta["history"]) != args.pretrain_epochs:
+            raise SystemExit(f"{args.float_checkpoint}: a float model of {meta['model_spec']} on {meta['data_spec']} "
+                             f"after {len(meta['history'])} epochs, not the one this protocol asks for")
+        float_seconds = float(meta["history"][-1].get("seconds", float("nan")))
+        console.print(f"float model from {args.float_checkpoint} ({float_seconds:.0f} s of pre-training)")
+    else:
+        torch.manual_seed(args.seed)
+        net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes)
+        start = time.perf_counter()
+        history = train_float(net, ds, epochs=args.pretrain_epochs, lr=1e-3, seed=args.seed,
+                              on_epoch=lambda e, loss, acc: console.print(
+                                  f"float epoch {e}: loss {loss:.4f} test {100 * acc:.2f}%"))
+        float_seconds = time.perf_counter() - start
+        if args.float_checkpoint is not None:
+            history[-1]["seconds"] = round(float_seconds, 1)
+            save_float_checkpoint(args.float_checkpoint, net, model_spec=f"zoo:{args.model}", data_spec=args.data,
+                                  input_shape=ds.input_shape, num_classes=ds.num_classes, history=history)
     float_acc = evaluate(net, ds.x_test, ds.y_test)
     graph = build_float_graph(net, ds.input_shape)
     points = []
@@ -85,6 +103,8 @@ def main() -> None:
             point["host_c_bit_exact"] = emulation.bit_exact
         console.print(f"{label}: {point}")
         points.append(point)
+        partial = {"benchmark": "pareto", "model": args.model, "complete": False, "points": points}
+        atomic_write_bytes(OUT / f"pareto_{args.model}.partial.json", json.dumps(partial, indent=1).encode())
         return point
 
     methods = args.methods.split(",")
@@ -114,10 +134,10 @@ def main() -> None:
     console.print(table)
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1),
-               "protocol": vars(args), "points": points, "verdict": verdict}
+               "protocol": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "points": points, "verdict": verdict}
     for key, value in verdict.items():
         console.print(f"{key}: {value}")
-    (OUT / f"pareto_{args.model}.json").write_text(json.dumps(payload, indent=1))
+    atomic_write_bytes(OUT / f"pareto_{args.model}.json", json.dumps(payload, indent=1).encode())
     plot_pareto(points, OUT / f"pareto_{args.model}.png", f"{args.model} on {args.data} ({target.name})")
     print(json.dumps(payload))
 
@@ -140,7 +160,7 @@ def _verdict(points: list[dict], uniform8: dict) -> dict:
             1 - best["weight_bytes"] / uniform8["weight_bytes"], 4),
         "weight_reduction_target_met (>= 0.70 within 0.5 pt)": best is not None and (
             1 - best["weight_bytes"] / uniform8["weight_bytes"]) >= 0.70,
-        "joint_dominates_two_stage_at_every_budget": bool(dominates) and all(dominates),
+        "joint_dominates_two_stage_at_every_budget": all(dominates) if dominates else None,
         "joint_seconds_per_epoch_over_uniform8": None if not joint else round(
             max(_seconds_per_epoch(p) for p in joint) / _seconds_per_epoch(uniform8), 2),
     }

@@ -22,7 +22,7 @@ from edgejpq.quant.integerize import calibrate
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
 from edgejpq.search.run import Budgets, Evaluator, SearchConfig, metric_value, minimal_plan, repair, run_search
-from edgejpq.search.space import SearchableGraph
+from edgejpq.search.space import SearchableGraph, fake_quant_activation
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
 
@@ -264,3 +264,34 @@ def test_searched_plan_exports_and_is_bit_exact_on_the_host(digits_search, tmp_p
     assert emulation.bit_exact, emulation.mismatch
     accuracy = float((emulation.outputs.reshape(len(inputs), -1).argmax(1) == ds.y_test).mean())
     assert accuracy == pytest.approx(result.accuracy_integer)
+
+
+def _fake_quant_activation_by_autograd(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The same function written with plain autograd ops (the definition the fused node must match)."""
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = torch.clamp(hi - lo, min=1e-8) / 255.0
+    zero_point = torch.clamp(torch.round(-128 - lo.detach() / scale.detach()), -128, 127)
+    clamped = torch.minimum(torch.maximum(x, (-128 - zero_point) * scale), (127 - zero_point) * scale)
+    q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127)
+    return clamped + ((q - zero_point) * scale - clamped).detach()
+
+
+@pytest.mark.unit
+@given(st.floats(-3.0, 0.5), st.floats(-0.5, 4.0), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_fused_activation_fake_quant_matches_autograd_definition(lo: float, hi: float, seed: int) -> None:
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(seed)) * 2
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1))
+    grads = []
+    for fn in (fake_quant_activation, _fake_quant_activation_by_autograd):
+        xx = x.clone().requires_grad_(True)
+        lo_t = torch.tensor(lo, requires_grad=True)
+        hi_t = torch.tensor(hi, requires_grad=True)
+        y = fn(xx, lo_t, hi_t)
+        (y * upstream).sum().backward()
+        grads.append((y.detach(), xx.grad, lo_t.grad, hi_t.grad))
+    fused, plain = grads
+    torch.testing.assert_close(fused[0], plain[0], rtol=0, atol=1e-6)  # the same grid point
+    for a, b in zip(fused[1:], plain[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
