@@ -172,7 +172,7 @@ class KernelCase:
         kind = self.cost_kind
         conv1 = kind == "depthwise_conv2d" and self.kind != "depthwise_conv2d"
         return {q: float(v) for q, v in kernel_counts(kind, self.geometry, self.runs, self.out_shape[2], self.k, conv1,
-                                                       self.slow).items()}
+                                                       self.slow, self.kernels == "portable").items()}
 
     @property
     def elements(self) -> int:
@@ -622,7 +622,7 @@ def design_row(case: KernelCase) -> np.ndarray:
         for bits, count in case.channels_by_bits.items():
             if bits in (4, 2) and kind != "depthwise_conv2d":
                 row[_COLUMNS.index(f"value/w{bits}a8")] = case.pixels * count
-            row[_COLUMNS.index(f"{kind}/{bits}")] = case.pixels * case.k * count
+            row[_COLUMNS.index(f"{kind}/{bits}")] = case.kernel_counts.get("window_mac", case.pixels * case.k) * count
         if kind in ("conv2d", "pointwise_conv2d"):
             row[_COLUMNS.index("window_row")] = calls * case.pixels * case.kernel[0]
             if case.in_shape[2] % 4:

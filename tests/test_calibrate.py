@@ -51,9 +51,10 @@ def _known_fit() -> LatencyFit:
 
 @pytest.mark.unit
 @pytest.mark.parametrize("grid", [calibration_grid, quick_grid], ids=["full", "quick"])
-def test_fit_recovers_known_coefficients_exactly(grid) -> None:
+@pytest.mark.parametrize("kernels", ["dsp", "portable"])
+def test_fit_recovers_known_coefficients_exactly(grid, kernels: str) -> None:
     truth = _known_fit()
-    cases = grid()
+    cases = [replace(case, kernels=kernels) for case in grid()]  # the kernel set changes what is counted
     measured = [KernelMeasurement(case, truth.predict(case) / 1.5, truth.predict(case), ()) for case in cases]
     fit = fit_latency(measured)
     assert fit.max_relative_error < 1e-9

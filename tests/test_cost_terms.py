@@ -78,6 +78,20 @@ def test_im2col_counts_per_weight_run() -> None:
 
 
 @pytest.mark.unit
+def test_portable_kernels_pay_only_the_in_bounds_taps() -> None:
+    # ejq_conv2d_impl.h visits a window's in-bounds taps only; the DSP kernels multiply the zero padding too
+    g = Geometry(4, 4, 4, 4, 3, 3, 1, 1, 1, 1)
+    assert g.window_taps == 10 * 10  # rows: 2 + 3 + 3 + 2 per output row, the same per column
+    portable = kernel_counts("conv2d", g, [(8, 8)], 8, 9 * 8, skips_padding=True)
+    assert portable["window_mac"] == 100 * 8 and "window_mac" not in kernel_counts("conv2d", g, [(8, 8)], 8, 72)
+    target = _priced(load_target("cortex-m3"))
+    model = kernel_model(conv_case("conv2d", (4, 4, 8), 8, 8))
+    cost = model_cost(model, target).layers[-1].cycles
+    full = model_cost(model, replace(target, kernels="dsp")).layers[-1].cycles  # same table, padding paid
+    assert full - cost == pytest.approx((16 * 72 - 100 * 8) * 8 * target.cycles_per_mac("conv2d", 8), rel=1e-9)
+
+
+@pytest.mark.unit
 def test_slow_requantization_matches_the_kernels_fast_path_condition() -> None:
     # ejq_requant_table: fast when -23 <= shift <= -1 and multiplier > 2^30
     flags = slow_requantization([1 << 30 | 1, 1 << 30 | 1, 1 << 30, 1 << 30 | 1, 1 << 30 | 1], [-1, 0, -3, -23, -24])
@@ -133,12 +147,15 @@ def test_schema_refuses_an_unknown_kernel_quantity() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name, shape", [("mobilenet", (1, 16, 16)), ("cnn1d", (1, 24))])
-def test_expected_cost_equals_exact_cost_with_kernel_quantities(name: str, shape: tuple[int, ...]) -> None:
-    """Depthwise passes, first layers on the depthwise machinery, runs, odd 8-bit channels, global pools:
-    the expectation at a hard plan equals the exact cost (the reference export is the plan's own, so the
-    slow requantization channels are the same)."""
-    target = _priced(load_target("cortex-m4"))
+@pytest.mark.parametrize("name, shape, target_name", [("mobilenet", (1, 16, 16), "cortex-m4"),
+                                                      ("cnn1d", (1, 24), "cortex-m4"),
+                                                      ("mobilenet", (1, 8, 8), "cortex-m3")])
+def test_expected_cost_equals_exact_cost_with_kernel_quantities(name: str, shape: tuple[int, ...],
+                                                                target_name: str) -> None:
+    """Depthwise passes, first layers on the depthwise machinery, runs, odd 8-bit channels, global pools,
+    in-bounds taps (portable): the expectation at a hard plan equals the exact cost of that plan's export,
+    the slow-requantization channels included (flags per channel and bit-width from the fixed ranges)."""
+    target = _priced(load_target(target_name))
     torch.manual_seed(0)
     net = build_model(f"zoo:{name}", shape, 10).eval()
     with torch.no_grad():  # random weights, zero biases (as bench/cost_fidelity.py: a random bias may not fit int32)

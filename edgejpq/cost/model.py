@@ -104,6 +104,16 @@ class Geometry:
                     if 0 <= (iy := oy * self.stride_h - self.pad_top + ky) < self.in_h})
 
 
+    @property
+    def window_taps(self) -> int:
+        """Kernel taps inside the input summed over the output pixels (the portable kernels skip padding)."""
+        rows = sum(sum(1 for ky in range(self.kernel_h) if 0 <= oy * self.stride_h - self.pad_top + ky < self.in_h)
+                   for oy in range(self.out_h))
+        cols = sum(sum(1 for kx in range(self.kernel_w) if 0 <= ox * self.stride_w - self.pad_left + kx < self.in_w)
+                   for ox in range(self.out_w))
+        return rows * cols
+
+
 def op_geometry(op: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Geometry:
     if not isinstance(op, Conv2D):
         return Geometry()
@@ -112,7 +122,7 @@ def op_geometry(op: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) 
 
 
 def kernel_counts(kind: str, g: Geometry, runs: Sequence[tuple[int, int]], kept: Any, k: Any = 0,
-                  conv1: bool = False, slow: Any = 0) -> dict[str, Any]:
+                  conv1: bool = False, slow: Any = 0, skips_padding: bool = False) -> dict[str, Any]:
     """How often the kernels of one layer run each costed part of their loops (target KERNEL_QUANTITIES
     of `kind`, plus `quad_input` for depthwise, priced by per_input_element_cycles).
 
@@ -129,9 +139,15 @@ def kernel_counts(kind: str, g: Geometry, runs: Sequence[tuple[int, int]], kept:
     `single_input`), per channel and output row (assembly set-up, requantization loop, the odd last
     output of a 3x3 row), per channel the tap expansion, and for shapes other than 3x3 stride 1 the
     generic loop (tap pairs, kernel rows per output). Fully connected (ejq_dsp_fc.h): 8-bit channels
-    outside a group of 4. Every kind: output values off the fast requantization path."""
+    outside a group of 4. Every kind: output values off the fast requantization path.
+
+    With `skips_padding` (the portable kernels, which visit only a window's in-bounds taps) a
+    convolution's MACs per channel are its in-bounds taps × input channels (`window_mac`, used by
+    weighted_cycles for cycles_per_mac in place of pixels × K)."""
     pixels = g.out_h * g.out_w
     counts: dict[str, Any] = {"slow_value": slow * pixels, "value": kept * pixels}
+    if skips_padding and kind in ("conv2d", "pointwise_conv2d", "depthwise_conv2d"):
+        counts["window_mac"] = g.window_taps * (k / (g.kernel_h * g.kernel_w))
     if kind in ("conv2d", "pointwise_conv2d"):
         pairs = (pixels + 1) // 2
         k4 = k + (((-k) % 4).detach() if hasattr(k, "detach") else (-k) % 4)  # K rounded up to 4
@@ -213,11 +229,12 @@ def weighted_cycles(target: Any, kind: str, pixels: Any, k: Any, channels_by_bit
             elements = input_elements(kind, pixels, k, kept_channels, runs, input_pixels)
             cycles = cycles + table.per_gathered_input_element_cycles * elements
     for quantity, count in counts.items():
-        per = target.kernel_quantity_cycles(kind, quantity) if quantity != "quad_input" else 0.0
+        per = target.kernel_quantity_cycles(kind, quantity) if quantity not in ("quad_input", "window_mac") else 0.0
         if per:
             cycles = cycles + per * count
+    macs_per_channel = counts.get("window_mac", pixels * k)
     for bits, count in channels_by_bits.items():
-        cycles = cycles + count * pixels * k * target.cycles_per_mac(kind, bits)
+        cycles = cycles + count * macs_per_channel * target.cycles_per_mac(kind, bits)
     return cycles
 
 
@@ -323,7 +340,7 @@ def model_cost(model: QuantizedModel, target: Any) -> CostReport:
             slow = int(slow_requantization(model.arrays[f"{op.name}.multiplier"], model.arrays[f"{op.name}.shift"]).sum())
             conv1 = kind == "depthwise_conv2d" and not (isinstance(op, Conv2D) and op.depthwise)
             counts = kernel_counts(kind, op_geometry(op, in_shape, out), [(r.bits, r.count) for r in op.runs], out[2],
-                                   k, conv1, slow)
+                                   k, conv1, slow, getattr(target, "kernels", None) == "portable")
             cycles = weighted_cycles(target, kind, pixels, k, by_bits, out[2], len(op.runs), in_pixels, ungrouped,
                                      kernel_rows, in_shape[2], counts)
             wbytes = int(model.arrays[f"{op.name}.weights"].size)

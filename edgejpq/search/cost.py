@@ -144,7 +144,8 @@ class CostModel:
                 ungrouped = sum(ungrouped_channels(kind, bits, count) for bits, count in run_list)
                 conv1 = kind == "depthwise_conv2d" and not layer.depthwise
                 slow = (kept_out * (probs[i] * self.slow[layer.name]).sum(dim=1)).sum()
-                counts = kernel_counts(kind, self.geometry[layer.name], run_list, kept, k, conv1, slow)
+                counts = kernel_counts(kind, self.geometry[layer.name], run_list, kept, k, conv1, slow,
+                                       getattr(self.target, "kernels", None) == "portable")
                 cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs,
                                                   self.pixels[layer.input], ungrouped, layer.kernel[0], in_channels,
                                                   counts)
