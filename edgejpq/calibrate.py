@@ -8,11 +8,19 @@ numpy reference. The instruction-count plugin gives the layer's exact instructio
 bounded least-squares fit (in relative error) gives the table the cost model reads, with the
 formulas of edgejpq/cost/model.py (see edgejpq/cost/target.py):
 
-    cycles(weighted layer) = per_layer_overhead + per_output_pixel_overhead x pixels
-                           + per_output_channel_overhead x pixels x channels
+    cycles(weighted layer) = per_layer_overhead x calls
                            + per_input_element_cycles[kind] x input elements
+                           + per_channel_cycles[kind] x channels
                            + cycles_per_mac[kind][w<bits>a8] x MACs
+                           + ... (the sub-byte, im2col-row and gathered-input terms)
+                           + kernel_cycles[kind][quantity] x count (edgejpq.cost.model.kernel_counts)
     cycles(elementwise)    = per_layer_overhead + elementwise_cycles_per_element[kind] x elements
+
+The per-output-value and per-pixel costs are fitted per kind (kernel_cycles.<kind>.value, .pixel_pair):
+the shared per_output_channel_overhead_cycles and per_output_pixel_overhead_cycles are written as 0.
+The grid holds shapes that separate every quantity (depthwise passes, odd rows, the generic loop, first
+layers, odd 8-bit channel counts, channels forced off the fast requantization path, many runs, global
+pools); `holdout_cases` are shapes in none of it, to check the fit generalises.
 
 `calibrate_target` writes the target's file with that `latency:` block and its provenance
 (`calibrated: true`, source, date, tool, emulator, compiler, measurements, fit error) to a new
@@ -36,12 +44,13 @@ import numpy as np
 from edgejpq import __version__
 from edgejpq.artifact import (Add, Concat, ConcatInput, Conv2D, FullyConnected, MemoryLayout, Placement, Pool,
                               QuantizedModel, Reshape, TensorInfo, WeightRun, atomic_write_bytes, conv_output_hw, validate_model)
-from edgejpq.cost.target import CHANNEL_KINDS, GROUPED_KINDS
+from edgejpq.cost.target import CHANNEL_KINDS, GROUPED_KINDS, KERNEL_QUANTITIES
 from edgejpq.errors import EdgejpqError
 from edgejpq.quant.fixedpoint import quantize_multiplier
 from edgejpq.quant.packing import pack_rows, value_range
 
 if TYPE_CHECKING:
+    from edgejpq.cost.model import Geometry
     from edgejpq.cost.target import InstructionCycles, TargetSpec
 
 WEIGHTED_KINDS = ("conv2d", "pointwise_conv2d", "depthwise_conv2d", "fully_connected")
@@ -65,6 +74,7 @@ class KernelCase:
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     mix: tuple[tuple[int, int], ...] = ()  # several weight runs, (bits, channels) in channel order; () = one run
     kernels: str = ""  # the kernel set measured (set by measure_case; the cost model's kind depends on it)
+    slow: int = 0  # the first `slow` channels get a multiplier off the DSP kernels' fast requantization path
 
     @property
     def cost_kind(self) -> str:
@@ -141,6 +151,30 @@ class KernelCase:
         return sum(ungrouped_channels(self.cost_kind, bits, count) for bits, count in self.runs) if self.weighted else 0
 
     @property
+    def geometry(self) -> "Geometry":
+        from edgejpq.cost.model import Geometry
+
+        if self.kind == "fully_connected":
+            return Geometry()
+        (h, w, _), (oh, ow, _) = self.in_shape, self.out_shape
+        return Geometry(h, w, oh, ow, self.kernel[0], self.kernel[1], self.stride[0], self.stride[1],
+                        self.padding[0], self.padding[2])
+
+    @property
+    def kernel_counts(self) -> dict[str, float]:
+        """The kernels' loop quantities of this call (edgejpq.cost.model.kernel_counts)."""
+        from edgejpq.cost.model import kernel_counts
+
+        if not self.weighted:
+            oh, ow, oc = self.out_shape
+            return {"output": oh * ow * oc, "window_row": oh * ow * oc * self.kernel[0]} if self.table_kind == "pool" \
+                else {}
+        kind = self.cost_kind
+        conv1 = kind == "depthwise_conv2d" and self.kind != "depthwise_conv2d"
+        return {q: float(v) for q, v in kernel_counts(kind, self.geometry, self.runs, self.out_shape[2], self.k, conv1,
+                                                       self.slow, self.kernels == "portable").items()}
+
+    @property
     def elements(self) -> int:
         """What an elementwise kernel's cost scales with (pool: window taps; others: output elements)."""
         oh, ow, oc = self.out_shape
@@ -157,14 +191,17 @@ class KernelCase:
         h, w, c = self.in_shape
         oh, ow, oc = self.out_shape
         bits = "+".join(f"w{b}x{n}" for b, n in self.mix) if self.mix else f"w{self.bits}"
+        if self.slow:
+            bits += f" slow{self.slow}"
         if self.kind == "fully_connected":
             return f"fully_connected {h * w * c}->{oc} {bits}"
         shape = f"{h}x{w}x{c}->{oh}x{ow}x{oc}"
         if self.weighted:
-            k = f" {self.kernel[0]}x{self.kernel[1]}" + (f" s{self.stride[0]}" if self.stride != (1, 1) else "")
+            k = f" {self.kernel[0]}x{self.kernel[1]}" + (f" s{self.stride[0]}x{self.stride[1]}" if self.stride != (1, 1)
+                                                         else "")
             return f"{self.kind} {shape}{k} {bits}"
         if self.kind in ("maxpool", "avgpool"):
-            return f"{self.kind} {shape} {self.kernel[0]}x{self.kernel[1]}"
+            return f"{self.kind} {shape} {self.kernel[0]}x{self.kernel[1]} s{self.stride[0]}"
         return f"{self.kind} {shape}"
 
 
@@ -173,11 +210,11 @@ def _same_padding(kernel: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def conv_case(kind: str, in_shape: tuple[int, int, int], out_channels: int, bits: int, kernel: int = 3,
-              stride: int = 1) -> KernelCase:
+              stride: int = 1, slow: int = 0) -> KernelCase:
     """A 'same'-padded convolution case (pointwise: 1x1, no padding)."""
     k = (1, 1) if kind == "pointwise_conv2d" else (kernel, kernel)
     return KernelCase(kind, in_shape, out_channels if kind != "depthwise_conv2d" else in_shape[2], bits, k,
-                      (stride, stride), _same_padding(k))
+                      (stride, stride), _same_padding(k), slow=slow)
 
 
 def conv1d_case(length: int, in_c: int, out_c: int, bits: int, kernel: int = 3, stride: int = 1) -> KernelCase:
@@ -195,8 +232,14 @@ def mixed_case(kind: str, in_shape: tuple[int, int, int], mix: tuple[tuple[int, 
     return replace(case, mix=mix)
 
 
-def fc_case(inputs: int, outputs: int, bits: int) -> KernelCase:
-    return KernelCase("fully_connected", (1, 1, inputs), outputs, bits)
+def fc_case(inputs: int, outputs: int, bits: int, slow: int = 0) -> KernelCase:
+    return KernelCase("fully_connected", (1, 1, inputs), outputs, bits, slow=slow)
+
+
+def pool_case(mode: str, in_shape: tuple[int, int, int], kernel: int, stride: int, padding: int = 0) -> KernelCase:
+    """A pooling case; kernel = the input's side makes a global pool."""
+    return KernelCase(f"{mode}pool", in_shape, kernel=(kernel, kernel), stride=(stride, stride),
+                      padding=(padding,) * 4)
 
 
 def kernel_model(case: KernelCase, seed: int = 0) -> QuantizedModel:
@@ -230,6 +273,10 @@ def kernel_model(case: KernelCase, seed: int = 0) -> QuantizedModel:
         arrays[f"{name}.bias"] = rng.integers(-2000, 2001, size=out_shape[2]).astype(np.int32)
         scale = 0.02 * 0.01 / 0.05  # input scale x weight scale / output scale
         mult, shift = zip(*(quantize_multiplier(scale * float(rng.uniform(0.5, 2.0))) for _ in range(out_shape[2])))
+        if case.slow:  # scales of 0.5 and more: a shift >= 0, off the DSP kernels' fast requantization path
+            mult, shift = list(mult), list(shift)
+            for c in range(case.slow):
+                mult[c], shift[c] = quantize_multiplier(0.5 + 0.5 * (c % 3))
         arrays[f"{name}.multiplier"] = np.array(mult, dtype=np.int32)
         arrays[f"{name}.shift"] = np.array(shift, dtype=np.int32)
         runs = tuple(run_list)
@@ -367,6 +414,36 @@ _MIXED = (mixed_case("conv2d", (8, 8, 16), ((8, 5), (4, 6), (2, 5))),
           mixed_case("fully_connected", (1, 1, 128), ((2, 6), (8, 9), (4, 9))))
 
 
+def _depthwise_1d(length: int, channels: int, bits: int, kernel: int, stride: int = 1) -> KernelCase:
+    return replace(conv1d_case(length, channels, channels, bits, kernel, stride), kind="depthwise_conv2d")
+
+
+# shapes that separate the kernels' loop quantities (edgejpq.cost.model.kernel_counts): depthwise passes of
+# 8 channels, odd output rows of the 3x3 path, the generic path (5x5, stride 2), first layers (one input
+# channel) on the depthwise machinery, odd 8-bit channel counts, the slow requantization path, many runs
+_STRUCTURE = tuple(
+    [conv_case("depthwise_conv2d", (7, 7, 16), 0, 8), conv_case("depthwise_conv2d", (9, 9, 40), 0, 8),
+     conv_case("depthwise_conv2d", (10, 10, 16), 0, 8, kernel=5), conv_case("depthwise_conv2d", (12, 12, 24), 0, 8, stride=2),
+     conv_case("depthwise_conv2d", (9, 9, 20), 0, 4, stride=2), conv_case("depthwise_conv2d", (14, 14, 8), 0, 2),
+     conv_case("depthwise_conv2d", (4, 4, 96), 0, 8, stride=2), conv_case("depthwise_conv2d", (8, 8, 16), 0, 8, slow=6),
+     conv_case("depthwise_conv2d", (6, 6, 32), 0, 2, slow=32), conv_case("depthwise_conv2d", (10, 10, 8), 0, 8, stride=2, slow=3),
+     conv_case("depthwise_conv2d", (10, 10, 8), 0, 8, kernel=7), _depthwise_1d(40, 16, 8, 5), _depthwise_1d(30, 24, 4, 3, 2),
+     conv_case("conv2d", (28, 28, 1), 16, 8, stride=2), conv_case("conv2d", (28, 28, 1), 32, 2, stride=2),
+     conv_case("conv2d", (13, 13, 1), 8, 4), conv_case("conv2d", (16, 16, 1), 12, 8, kernel=5),
+     conv1d_case(40, 1, 32, 8, 5), conv1d_case(40, 1, 32, 4, 5), conv1d_case(24, 1, 16, 2, 3, stride=2),
+     conv_case("conv2d", (8, 8, 16), 7, 8), conv_case("pointwise_conv2d", (8, 8, 32), 9, 8),
+     conv_case("pointwise_conv2d", (5, 5, 32), 17, 8), fc_case(64, 7, 8), fc_case(96, 13, 8),
+     conv_case("conv2d", (8, 8, 16), 16, 8, slow=8), conv_case("pointwise_conv2d", (8, 8, 32), 24, 8, slow=10),
+     conv_case("pointwise_conv2d", (6, 6, 32), 16, 2, slow=16), conv_case("conv2d", (6, 6, 16), 8, 4, slow=8),
+     fc_case(128, 32, 8, slow=12), fc_case(64, 16, 2, slow=16),
+     mixed_case("pointwise_conv2d", (6, 6, 16), ((8, 3), (4, 3), (2, 3), (8, 1), (4, 5), (2, 2), (8, 5))),
+     mixed_case("conv2d", (6, 6, 8), ((2, 3), (8, 3), (4, 1), (8, 1), (2, 6))),
+     mixed_case("depthwise_conv2d", (6, 6, 24), ((8, 3), (4, 9), (2, 1), (8, 10), (4, 1))),
+     mixed_case("depthwise_conv2d", (8, 8, 16), ((2, 2), (8, 2), (4, 2), (8, 2), (2, 8)))])
+_POOLS = (pool_case("avg", (8, 8, 16), 8, 8), pool_case("avg", (14, 14, 32), 14, 14), pool_case("avg", (4, 4, 64), 4, 4),
+          pool_case("max", (12, 12, 16), 3, 2, 1), pool_case("avg", (2, 2, 128), 2, 2))
+
+
 def _elementwise_cases(shapes: Sequence[tuple[int, int, int]]) -> list[KernelCase]:
     cases: list[KernelCase] = []
     for shape in shapes:
@@ -392,8 +469,8 @@ def calibration_grid() -> list[KernelCase]:
         if bits != 8:  # 7 channels: 3 pairs + 1 (4-bit), 1 quad + 3 (2-bit)
             cases += [conv_case("conv2d", (8, 8, 16), 7, bits), conv_case("pointwise_conv2d", (8, 8, 32), 7, bits),
                       fc_case(96, 7, bits)]
-    cases += _MIXED
-    return cases + _elementwise_cases(((8, 8, 16), (16, 16, 32)))
+    cases += [*_MIXED, *_STRUCTURE]
+    return cases + _elementwise_cases(((8, 8, 16), (16, 16, 32))) + list(_POOLS)
 
 
 def quick_grid() -> list[KernelCase]:
@@ -419,6 +496,15 @@ def quick_grid() -> list[KernelCase]:
                   conv_case("pointwise_conv2d", (4, 4, 32), 7, bits),
                   conv_case("depthwise_conv2d", (8, 8, 8), 0, bits), fc_case(256, 32, bits), fc_case(64, 7, bits)]
     cases += [_MIXED[0], _MIXED[2], _MIXED[4], _MIXED[6]]
+    cases += [conv_case("depthwise_conv2d", (7, 7, 16), 0, 8), conv_case("depthwise_conv2d", (10, 10, 16), 0, 8, kernel=5),
+              conv_case("depthwise_conv2d", (10, 10, 8), 0, 8, kernel=7), _depthwise_1d(40, 16, 8, 5),
+              conv_case("depthwise_conv2d", (6, 6, 13), 0, 4), conv_case("depthwise_conv2d", (9, 9, 20), 0, 4, stride=2),
+              _depthwise_1d(30, 24, 4, 3, 2), conv_case("depthwise_conv2d", (14, 14, 8), 0, 2),
+              conv_case("depthwise_conv2d", (4, 4, 96), 0, 8, stride=2), conv_case("conv2d", (28, 28, 1), 16, 8, stride=2),
+              conv1d_case(40, 1, 32, 8, 5), conv_case("pointwise_conv2d", (8, 8, 32), 9, 8), fc_case(64, 7, 8),
+              conv_case("depthwise_conv2d", (8, 8, 16), 0, 8, slow=6), conv_case("pointwise_conv2d", (8, 8, 32), 24, 8, slow=10),
+              conv_case("conv2d", (6, 6, 16), 8, 4, slow=8), fc_case(128, 32, 8, slow=12),
+              pool_case("avg", (8, 8, 16), 8, 8), pool_case("avg", (4, 4, 64), 4, 4)]
     return cases + _elementwise_cases(((8, 8, 16),))
 
 
@@ -428,7 +514,13 @@ def holdout_cases() -> list[KernelCase]:
             conv_case("conv2d", (14, 14, 1), 12, 2), conv1d_case(30, 8, 24, 8, 5),
             conv_case("pointwise_conv2d", (6, 6, 48), 24, 8), conv_case("pointwise_conv2d", (6, 6, 48), 24, 2),
             conv_case("depthwise_conv2d", (10, 10, 24), 0, 8), fc_case(192, 24, 8), fc_case(192, 10, 2),
-            KernelCase("add", (6, 6, 24))]
+            KernelCase("add", (6, 6, 24)),
+            conv_case("depthwise_conv2d", (11, 11, 12), 0, 4, stride=2), conv_case("depthwise_conv2d", (5, 5, 56), 0, 8),
+            conv_case("conv2d", (24, 24, 1), 12, 8, stride=2), conv1d_case(32, 1, 24, 2, 5),
+            conv_case("pointwise_conv2d", (7, 7, 24), 20, 4, slow=7),
+            mixed_case("pointwise_conv2d", (5, 5, 24), ((4, 5), (8, 3), (2, 7), (8, 4), (4, 1))),
+            mixed_case("depthwise_conv2d", (10, 10, 20), ((8, 7), (2, 4), (4, 9))),
+            pool_case("avg", (6, 6, 24), 6, 6)]
 
 
 # --------------------------------------------------------------------------- the fit
@@ -451,6 +543,7 @@ class LatencyFit:
     per_window_row_cycles: float
     per_gathered_input_element_cycles: float
     elementwise_cycles_per_element: dict[str, float]
+    kernel_cycles: dict[str, dict[str, float]]  # kind -> quantity -> cycles (KERNEL_QUANTITIES)
     relative_errors: tuple[float, ...] = ()  # predicted / measured - 1, per measurement
 
     @property
@@ -472,6 +565,9 @@ class LatencyFit:
     def sub_byte_value_cycles(self, bits: int, activation_bits: int = 8) -> float:
         return self.sub_byte_output_value_cycles.get(f"w{bits}a{activation_bits}", 0.0)
 
+    def kernel_quantity_cycles(self, kind: str, quantity: str) -> float:
+        return self.kernel_cycles.get(kind, {}).get(quantity, 0.0)
+
     def elementwise_cycles(self, kind: str) -> float:
         return self.elementwise_cycles_per_element[kind]
 
@@ -481,14 +577,17 @@ class LatencyFit:
 
     def predict(self, case: KernelCase) -> float:
         """Cycles of one kernel call of `case`, by edgejpq.cost.model's formulas."""
-        from edgejpq.cost.model import elementwise_cycles, weighted_cycles
+        from edgejpq.cost.model import elementwise_cycles, pool_cycles, weighted_cycles
 
         if case.weighted:
             oc = case.out_shape[2]
             return float(weighted_cycles(self, case.cost_kind, case.pixels, case.k, case.channels_by_bits, oc,
                                          len(case.runs),
                                          case.in_shape[0] * case.in_shape[1], case.ungrouped, case.kernel[0],
-                                         case.in_shape[2]))
+                                         case.in_shape[2], case.kernel_counts))
+        if case.table_kind == "pool":
+            oh, ow, oc = case.out_shape
+            return float(pool_cycles(self, oh * ow * oc, case.kernel))
         return float(elementwise_cycles(self, case.table_kind, case.elements))
 
 
@@ -496,7 +595,13 @@ _MAC_KEYS = [(kind, bits) for kind in WEIGHTED_KINDS for bits in BITS]
 _COLUMNS = ["layer", "pixel", "value", *(f"input/{k}" for k in WEIGHTED_KINDS),
             *(f"channel/{k}" for k in CHANNEL_KINDS), *(f"ungrouped/{k}" for k in GROUPED_KINDS),
             "value/w4a8", "value/w2a8", "window_row", "gathered_input",
-            *(f"{k}/{b}" for k, b in _MAC_KEYS), *ELEMENTWISE]
+            *(f"{k}/{b}" for k, b in _MAC_KEYS), *ELEMENTWISE,
+            *(f"kernel/{k}/{q}" for k, quantities in KERNEL_QUANTITIES.items() for q in quantities)]
+
+
+# columns the design leaves at 0: the shared per-output-value overhead (per kind in kernel_cycles since the
+# kernels' epilogues differ) and the per-pixel overhead (the im2col kernel's is per pixel pair)
+_UNFITTED = ("value", "pixel")
 
 
 def design_row(case: KernelCase) -> np.ndarray:
@@ -507,8 +612,8 @@ def design_row(case: KernelCase) -> np.ndarray:
         kind = case.cost_kind
         calls = len(case.runs)
         row[0] = calls
-        row[1] = calls * case.pixels
-        row[2] = case.pixels * case.out_shape[2]
+        # the output values' cost is per kind (latency.kernel_cycles.<kind>.value; a fully connected layer's is
+        # its per-channel cost): the shared per_output_channel_overhead_cycles is not fitted (0)
         row[_COLUMNS.index(f"input/{kind}")] = case.input_elements
         if kind in CHANNEL_KINDS:
             row[_COLUMNS.index(f"channel/{kind}")] = case.out_shape[2]
@@ -517,13 +622,21 @@ def design_row(case: KernelCase) -> np.ndarray:
         for bits, count in case.channels_by_bits.items():
             if bits in (4, 2) and kind != "depthwise_conv2d":
                 row[_COLUMNS.index(f"value/w{bits}a8")] = case.pixels * count
-            row[_COLUMNS.index(f"{kind}/{bits}")] = case.pixels * case.k * count
+            row[_COLUMNS.index(f"{kind}/{bits}")] = case.kernel_counts.get("window_mac", case.pixels * case.k) * count
         if kind in ("conv2d", "pointwise_conv2d"):
             row[_COLUMNS.index("window_row")] = calls * case.pixels * case.kernel[0]
             if case.in_shape[2] % 4:
                 row[_COLUMNS.index("gathered_input")] = case.input_elements
+        counts = case.kernel_counts
+        if kind == "depthwise_conv2d":
+            row[_COLUMNS.index(f"input/{kind}")] = counts["quad_input"]
     else:
         row[_COLUMNS.index(case.table_kind)] = case.elements
+        counts = case.kernel_counts
+        kind = case.table_kind
+    for quantity, count in counts.items():
+        if quantity in KERNEL_QUANTITIES.get(kind, ()):
+            row[_COLUMNS.index(f"kernel/{kind}/{quantity}")] = count
     return row
 
 
@@ -540,14 +653,18 @@ def fit_latency(measurements: Sequence[KernelMeasurement]) -> LatencyFit:
     cycles = np.array([m.cycles for m in measurements])
     if (cycles <= 0).any():
         raise EdgejpqError("a calibration measurement has no cycles; this is a bug in edgejpq")
-    missing = [_COLUMNS[i] for i in np.flatnonzero(~a.any(axis=0))]
+    missing = [_COLUMNS[i] for i in np.flatnonzero(~a.any(axis=0)) if not _COLUMNS[i].startswith("kernel/")
+               and _COLUMNS[i] not in _UNFITTED]
     if missing:
         raise EdgejpqError(f"calibration has no measurement for {', '.join(missing)}")
     lower = np.array([_MAC_FLOOR if c.split("/")[0] in WEIGHTED_KINDS else 0.0 for c in _COLUMNS])
     scale = a.max(axis=0)  # column scaling keeps the solver well conditioned
+    scale[scale == 0] = 1.0  # a kernel quantity no measurement has (its entry stays at its floor, 0)
     result = lsq_linear(a / cycles[:, None] / scale, np.ones(len(cycles)), bounds=(lower * scale, np.inf),
                         method="bvls", tol=1e-14)
     x = result.x / scale
+    x = np.where(x - lower < 1e-9, lower, x)  # at the bound up to rounding (not 2e-13 in the file)
+    x[~a.any(axis=0)] = 0.0
     value = dict(zip(_COLUMNS, (float(v) for v in x)))
     fit = LatencyFit(
         cycles_per_mac_table={k: {f"w{b}a8": value[f"{k}/{b}"] for b in BITS} for k in WEIGHTED_KINDS},
@@ -558,7 +675,8 @@ def fit_latency(measurements: Sequence[KernelMeasurement]) -> LatencyFit:
         ungrouped_cycles_per_mac={k: value[f"ungrouped/{k}"] for k in GROUPED_KINDS},
         sub_byte_output_value_cycles={k: value[f"value/{k}"] for k in ("w4a8", "w2a8")},
         per_window_row_cycles=value["window_row"], per_gathered_input_element_cycles=value["gathered_input"],
-        elementwise_cycles_per_element={k: value[k] for k in ELEMENTWISE})
+        elementwise_cycles_per_element={k: value[k] for k in ELEMENTWISE},
+        kernel_cycles={k: {q: value[f"kernel/{k}/{q}"] for q in quantities} for k, quantities in KERNEL_QUANTITIES.items()})
     errors = tuple(fit.predict(m.case) / m.cycles - 1.0 for m in measurements)
     return replace(fit, relative_errors=errors)
 
@@ -656,6 +774,9 @@ def latency_block(fit: LatencyFit, target: "TargetSpec", measurements: Sequence[
               f"  per_gathered_input_element_cycles: {_fmt(fit.per_gathered_input_element_cycles)}",
               "  elementwise_cycles_per_element: {"
               + ", ".join(f"{k}: {_fmt(v)}" for k, v in fit.elementwise_cycles_per_element.items()) + "}",
+              "  kernel_cycles:   # per kernel kind and loop quantity (edgejpq.cost.model.kernel_counts)",
+              *(f"    {(k + ':').ljust(width)} {{" + ", ".join(f"{q}: {_fmt(v)}" for q, v in table.items()) + "}"
+                for k, table in fit.kernel_cycles.items()),
               *instruction_cycles_text,
               "  calibration:",
               f"    date: {_yaml_scalar(date)}",

@@ -852,6 +852,8 @@ def calibrate(
     quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 40 kernel runs instead of "
                                                         "100): a first look, a looser fit.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="QEMU builds and runs in parallel.")] = 2,
+    holdout: Annotated[bool, typer.Option("--holdout", help="Then measure the hold-out shapes (in neither grid) and "
+                                                            "report the written table's error on them.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure every kernel × bit-width over a grid of shapes in QEMU and fit the target's latency table.
@@ -887,13 +889,27 @@ def calibrate(
                       f"{100 * float(row['max_relative_error']):.1f}%")  # type: ignore[arg-type]
     console.print(table)
     fit = result.fit
+    holdout_errors: dict[str, float] = {}
+    if holdout:
+        import tempfile
+
+        from edgejpq.calibrate import holdout_cases, measure_cases
+
+        with tempfile.TemporaryDirectory(prefix="edgejpq-holdout-") as tmp:
+            for m in measure_cases(holdout_cases(), result.target, Path(tmp), workers=workers):
+                holdout_errors[m.case.label] = result.fit.predict(m.case) / m.cycles - 1.0
+    holdout_rows = ([("hold-out error", f"largest {100 * max(abs(e) for e in holdout_errors.values()):.1f}%, mean "
+                                        f"{100 * sum(abs(e) for e in holdout_errors.values()) / len(holdout_errors):.1f}% "
+                                        f"over {len(holdout_errors)} shapes in neither grid")]
+                    if holdout_errors else [])
     _summary(f"edgejpq calibrate → {output}", [
         ("target", f"{spec.name} ({spec.core}) on QEMU {spec.qemu.machine}"),  # type: ignore[union-attr]
         ("kernel runs", f"{len(result.measurements)} ({result.grid} grid), all bit-exact"),
-        ("overheads (cycles)", f"per call {fit.per_layer_overhead_cycles:.0f}, per pixel "
-                               f"{fit.per_output_pixel_overhead_cycles:.1f}, per output value "
-                               f"{fit.per_output_channel_overhead_cycles:.1f}"),
+        ("overheads (cycles)", f"per call {fit.per_layer_overhead_cycles:.0f}, per output value "
+                               + ", ".join(f"{kind} {fit.kernel_quantity_cycles(kind, 'value'):.1f}"
+                                           for kind in ("conv2d", "pointwise_conv2d", "depthwise_conv2d"))),
         ("largest fit error", f"{100 * fit.max_relative_error:.1f}%"),
+        *holdout_rows,
         ("emulator / compiler", f"{result.emulator} / {result.compiler}"),
         ("wall time", f"{result.seconds:.1f} s"),
         ("use it", f"--target {output}")], as_json,
@@ -904,7 +920,8 @@ def calibrate(
          "per_output_channel_overhead_cycles": fit.per_output_channel_overhead_cycles,
          "per_input_element_cycles": fit.per_input_element_cycles,
          "elementwise_cycles_per_element": fit.elementwise_cycles_per_element,
-         "cycles_per_mac": fit.cycles_per_mac_table, "kinds": rows})
+         "cycles_per_mac": fit.cycles_per_mac_table, "kernel_cycles": fit.kernel_cycles, "kinds": rows,
+         "holdout_relative_errors": holdout_errors or None})
 
 
 @app.callback(invoke_without_command=True)

@@ -24,7 +24,7 @@ from edgejpq.calibrate import (BITS, ELEMENTWISE, WEIGHTED_KINDS, KernelMeasurem
                                fit_latency, holdout_cases, kernel_model, measure_cases, quick_grid)
 from edgejpq.cli import app
 from edgejpq.cost.model import model_cost
-from edgejpq.cost.target import CHANNEL_KINDS, GROUPED_KINDS, load_target
+from edgejpq.cost.target import CHANNEL_KINDS, GROUPED_KINDS, KERNEL_QUANTITIES, load_target
 from edgejpq.resources import targets_dir
 
 # |predicted / measured cycles - 1| on shapes in neither grid (edgejpq.calibrate.holdout_cases), for a
@@ -35,21 +35,26 @@ TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-nm", "qemu-system-arm", "cc")
 
 def _known_fit() -> LatencyFit:
     table = {kind: {f"w{b}a8": 0.5 + 0.1 * i + 0.05 * b for b in BITS} for i, kind in enumerate(WEIGHTED_KINDS)}
+    kernel = {kind: {q: 5.0 + 3 * i + 0.5 * j for j, q in enumerate(quantities)}
+              for i, (kind, quantities) in enumerate(KERNEL_QUANTITIES.items())}
+    # the shared per-pixel and per-output-value overheads are not fitted (per kind in kernel_cycles instead)
     return LatencyFit(cycles_per_mac_table=table, per_layer_overhead_cycles=412.0,
-                      per_output_pixel_overhead_cycles=37.5, per_output_channel_overhead_cycles=21.25,
+                      per_output_pixel_overhead_cycles=0.0, per_output_channel_overhead_cycles=0.0,
                       per_input_element_cycles={k: 1.5 + i for i, k in enumerate(WEIGHTED_KINDS)},
                       per_channel_cycles={k: 40.0 + 9 * i for i, k in enumerate(CHANNEL_KINDS)},
                       ungrouped_cycles_per_mac={k: 4.0 + i for i, k in enumerate(GROUPED_KINDS)},
                       sub_byte_output_value_cycles={"w4a8": 6.5, "w2a8": 11.0}, per_window_row_cycles=17.0,
                       per_gathered_input_element_cycles=2.75,
-                      elementwise_cycles_per_element={k: 3.0 + 7 * i for i, k in enumerate(ELEMENTWISE)})
+                      elementwise_cycles_per_element={k: 3.0 + 7 * i for i, k in enumerate(ELEMENTWISE)},
+                      kernel_cycles=kernel)
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("grid", [calibration_grid, quick_grid], ids=["full", "quick"])
-def test_fit_recovers_known_coefficients_exactly(grid) -> None:
+@pytest.mark.parametrize("kernels", ["dsp", "portable"])
+def test_fit_recovers_known_coefficients_exactly(grid, kernels: str) -> None:
     truth = _known_fit()
-    cases = grid()
+    cases = [replace(case, kernels=kernels) for case in grid()]  # the kernel set changes what is counted
     measured = [KernelMeasurement(case, truth.predict(case) / 1.5, truth.predict(case), ()) for case in cases]
     fit = fit_latency(measured)
     assert fit.max_relative_error < 1e-9
@@ -62,8 +67,11 @@ def test_fit_recovers_known_coefficients_exactly(grid) -> None:
     for kind in ELEMENTWISE:
         assert fit.elementwise_cycles(kind) == pytest.approx(truth.elementwise_cycles(kind), rel=1e-7)
     assert fit.per_layer_overhead_cycles == pytest.approx(412.0, rel=1e-7)
-    assert fit.per_output_pixel_overhead_cycles == pytest.approx(37.5, rel=1e-7)
-    assert fit.per_output_channel_overhead_cycles == pytest.approx(21.25, rel=1e-7)
+    assert fit.per_output_pixel_overhead_cycles == 0.0 and fit.per_output_channel_overhead_cycles == 0.0
+    for kind, quantities in KERNEL_QUANTITIES.items():
+        for quantity in quantities:
+            assert fit.kernel_quantity_cycles(kind, quantity) == pytest.approx(
+                truth.kernel_quantity_cycles(kind, quantity), rel=1e-7), (kind, quantity)
     assert fit.sub_byte_output_value_cycles == pytest.approx(truth.sub_byte_output_value_cycles, rel=1e-7)
     assert fit.per_window_row_cycles == pytest.approx(17.0, rel=1e-7)
     assert fit.per_gathered_input_element_cycles == pytest.approx(2.75, rel=1e-7)

@@ -19,8 +19,10 @@ per group of output channels sharing a bit-width, and requantize every output va
                            + sub_byte_output_value_cycles[w<bits>a8] × pixels × channels at those bits
                            + per_window_row_cycles × pixels × kernel rows          per kernel call
                            + per_gathered_input_element_cycles × input elements    (see below)
+                           + Σ kernel_cycles[kind][quantity] × count               (KERNEL_QUANTITIES)
     cycles(add / pool / concat / copy) = per_layer_overhead_cycles
                            + elementwise_cycles_per_element[kind] × elements
+                           (+ kernel_cycles.pool.output × outputs + .window_row × outputs × kernel rows)
 
 `per_output_channel_overhead_cycles` is paid once per output *value* (each kept channel at each
 output pixel: bias, requantization, clamp, store); for a fully connected layer pixels = 1. The input
@@ -32,12 +34,16 @@ whatever the pixels (the kernel's per-channel set-up: requantization table, dept
 fully connected layer, one pixel, it is what its epilogue costs beyond the shared per-output-value
 overhead). `ungrouped_cycles_per_mac` is the extra cost
 per MAC of a channel that does not fill a group of its run (the DSP kernels process 2 four-bit
-or 4 two-bit channels per weight byte, and depthwise channels 4 at a time whatever their bits; a
-run's last count % group channels take a slower path; edgejpq.cost.model.ungrouped_channels). `sub_byte_output_value_cycles` is the extra
+or 4 two-bit channels per weight byte; a run's last count % group channels take a slower path;
+edgejpq.cost.model.ungrouped_channels; conv2d, pointwise, fully connected). `sub_byte_output_value_cycles` is the extra
 epilogue of a 4- or 2-bit output value (taking a group's products apart), not depthwise.
 `per_window_row_cycles` is a convolution's (conv2d, pointwise) im2col set-up per output pixel and
 kernel row; `per_gathered_input_element_cycles` the extra per input element when the input
 channels are not a multiple of 4 (the window is gathered byte by byte: first layers).
+`kernel_cycles` prices the DSP kernels' loop structure per kind: depthwise passes of 8 channels,
+the rows they fill, per-channel rows and taps, the generic (not 3x3 stride 1) loop, im2col pixel
+pairs per call, odd 8-bit channels, values off the fast requantization path, pooling outputs (the
+quantities and what they count: edgejpq.cost.model.kernel_counts and targets/README.md).
 These keys are optional (0 when absent). For pool
 the elements are the window taps visited (output elements × kernel area); for add, concat and
 copy the output elements.
@@ -61,7 +67,17 @@ SCHEMA_VERSION = 1
 OP_KINDS = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "fully_connected")
 ELEMENTWISE_KINDS = ("add", "pool", "concat", "copy")
 CHANNEL_KINDS = OP_KINDS  # latency.per_channel_cycles keys
-GROUPED_KINDS = OP_KINDS  # latency.ungrouped_cycles_per_mac keys
+GROUPED_KINDS = ("conv2d", "pointwise_conv2d", "fully_connected")  # latency.ungrouped_cycles_per_mac keys
+# latency.kernel_cycles: per kernel kind, the quantities of the kernels' own loop structure that cost cycles
+# (edgejpq.cost.model.kernel_counts counts them; firmware_templates/kernels/dsp/ for what they are)
+KERNEL_QUANTITIES: dict[str, tuple[str, ...]] = {
+    "conv2d": ("value", "pixel_pair", "sub_byte_column", "odd_w8_mac", "slow_value"),
+    "pointwise_conv2d": ("value", "pixel_pair", "sub_byte_column", "odd_w8_mac", "slow_value"),
+    "depthwise_conv2d": ("value", "pass", "pass_plane", "pass_row", "input_row", "single_input", "channel_row",
+                         "channel_tap", "generic_tap", "generic_window_row", "odd_row", "slow_value"),
+    "fully_connected": ("single_w8_mac", "slow_value"),
+    "pool": ("output", "window_row"),
+}
 REQUIRED_PRECISIONS = ("w8a8", "w4a8", "w2a8")
 # Which optional ISA extensions each core can have at all (architecture, not numbers).
 CORE_EXTENSIONS = {
@@ -211,6 +227,8 @@ class Latency:
     sub_byte_output_value_cycles: dict[str, Cycles] = field(default_factory=dict)  # w4a8 / w2a8 → extra per value
     per_window_row_cycles: Cycles = 0.0  # conv2d / pointwise: per output pixel and kernel row, per call
     per_gathered_input_element_cycles: Cycles = 0.0  # conv2d / pointwise with input channels % 4 != 0
+    # kernel kind -> quantity (KERNEL_QUANTITIES) -> cycles per unit: the kernels' loop structure
+    kernel_cycles: dict[str, dict[str, Cycles]] = field(default_factory=dict)
     calibration: Optional[Calibration] = None  # set by `edgejpq calibrate`
 
 
@@ -288,6 +306,10 @@ class TargetSpec:
     def ungrouped_cycles(self, op_kind: str) -> float:
         """Extra cycles per MAC of an ungrouped sub-byte channel of `op_kind` (0 when the table has no entry)."""
         return self.latency.ungrouped_cycles_per_mac.get(op_kind, 0.0)
+
+    def kernel_quantity_cycles(self, kind: str, quantity: str) -> float:
+        """Cycles per unit of a kernel quantity of `kind` (latency.kernel_cycles; 0 when the table has no entry)."""
+        return self.latency.kernel_cycles.get(kind, {}).get(quantity, 0.0)
 
     def sub_byte_value_cycles(self, weight_bits: int, activation_bits: int = 8) -> float:
         """Extra epilogue cycles of one output value of a `weight_bits` channel (0 when not listed)."""
@@ -493,6 +515,13 @@ def _check_consistency(spec: TargetSpec) -> tuple[tuple[Any, ...], str] | None:
         for key in getattr(spec.latency, table_name):
             if key not in allowed_kinds:
                 return ("latency", table_name, key), f"unknown op kind (allowed: {', '.join(allowed_kinds)})"
+    for kind, table in spec.latency.kernel_cycles.items():
+        if kind not in KERNEL_QUANTITIES:
+            return ("latency", "kernel_cycles", kind), f"unknown kernel kind (allowed: {', '.join(KERNEL_QUANTITIES)})"
+        for key in table:
+            if key not in KERNEL_QUANTITIES[kind]:
+                return (("latency", "kernel_cycles", kind, key),
+                        f"unknown quantity for {kind} (allowed: {', '.join(KERNEL_QUANTITIES[kind])})")
     for key in spec.latency.sub_byte_output_value_cycles:
         if key not in ("w4a8", "w2a8"):
             return ("latency", "sub_byte_output_value_cycles", key), "allowed keys: w4a8, w2a8"

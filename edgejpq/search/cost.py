@@ -13,17 +13,38 @@ keep probabilities and bit-width probabilities instead of counts:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from edgejpq.artifact import QuantizedModel
 from edgejpq.cost.memory import arena_buffers
-from edgejpq.cost.model import (CONSTANT_BYTES_PER_CHANNEL, cost_kind, elementwise_cycles, ungrouped_channels,
-                                weighted_cycles)
+from edgejpq.cost.model import (CONSTANT_BYTES_PER_CHANNEL, Geometry, cost_kind, elementwise_cycles, kernel_counts,
+                                pool_cycles, slow_requantization, ungrouped_channels, weighted_cycles)
 from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
 from edgejpq.quant.integerize import absorbs_permutation
 from edgejpq.search.space import SearchableGraph
+
+
+def slow_requantization_flags(graph: Any, ranges: Mapping[str, tuple[float, float]],
+                              choices: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per weighted layer a (channels, choices) tensor: 1 where that channel at that bit-width is requantized
+    off the DSP kernels' fast path (edgejpq.cost.model.slow_requantization). With the calibration ranges
+    fixed, a channel's multiplier is input scale × its weight scale at its bits / output scale, which no
+    other channel's choice changes, so one uniform plan per choice gives every flag of every plan."""
+    from edgejpq.plan import uniform_plan
+    from edgejpq.quant.fixedpoint import quantize_multiplier
+    from edgejpq.quant.integerize import derive_quant_state
+
+    flags = {layer.name: torch.zeros(layer.out_channels, len(choices)) for layer in graph.weighted}
+    for j, bits in enumerate(choices):
+        state = derive_quant_state(graph, uniform_plan(graph, bits), ranges)
+        for layer in graph.weighted:
+            s_in, s_out = state.tensors[layer.input].scale, state.tensors[layer.output].scale
+            mult_shift = [quantize_multiplier(s_in * s / s_out) for s in state.weight_scales[layer.name]]  # as integerize
+            slow = slow_requantization([m for m, _ in mult_shift], [e for _, e in mult_shift])
+            flags[layer.name][:, j] = torch.tensor(slow, dtype=torch.float32)
+    return flags
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,8 @@ class ExpectedCost:
 class CostModel:
     """Evaluates the expected cost of a SearchableGraph; build once per search."""
 
-    def __init__(self, space: SearchableGraph, target: Any, reference: QuantizedModel) -> None:
+    def __init__(self, space: SearchableGraph, target: Any, reference: QuantizedModel,
+                 ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
         self.space = space
         self.target = target
         graph = space.graph
@@ -55,6 +77,35 @@ class CostModel:
         self.buffers = arena_buffers(reference.tensors, reference.ops, reference.input, reference.output)
         self.steps = len(reference.ops)
         self.reorderable = {l.name: not l.depthwise and absorbs_permutation(graph, l.output) for l in space.layers}
+        self.geometry = {l.name: self._geometry(l) for l in space.layers}
+        # per layer, channel and bit choice: 1 where the channel is requantized off the DSP kernels' fast path
+        self.slow = (slow_requantization_flags(graph, ranges, space.choices) if ranges is not None
+                     else self._reference_slow_flags(reference))
+
+    def _reference_slow_flags(self, reference: QuantizedModel) -> dict[str, torch.Tensor]:
+        """Without the calibration ranges: each channel's path in the reference export at every bit-width
+        (read in the export's channel order, the layer's own when the reference has one run per layer)."""
+        ops = {op.source or op.name: op for op in reference.ops}
+        out = {}
+        for layer in self.space.layers:
+            op = ops.get(layer.name)
+            flags = torch.zeros(layer.out_channels, len(self.space.choices))
+            if op is not None and len(getattr(op, "runs", ())) == 1 and f"{op.name}.multiplier" in reference.arrays:
+                slow = slow_requantization(reference.arrays[f"{op.name}.multiplier"], reference.arrays[f"{op.name}.shift"])
+                if len(slow) == layer.out_channels:
+                    flags[:] = torch.tensor(slow, dtype=torch.float32)[:, None]
+            out[layer.name] = flags
+        return out
+
+    def _geometry(self, layer: WeightedLayer) -> Geometry:
+        """The window geometry the exporter gives a layer (a Conv1d as a 1 × L convolution)."""
+        if layer.kind == "linear":
+            return Geometry()
+        shapes = self.space.graph.shapes
+        (ih, iw), (oh, ow) = (tuple(shapes[t][1:]) if len(shapes[t]) == 3 else (1, shapes[t][1])
+                              for t in (layer.input, layer.output))
+        return Geometry(ih, iw, oh, ow, layer.kernel[0], layer.kernel[1], layer.stride[0], layer.stride[1],
+                        layer.padding[0], layer.padding[2])
 
     def channels(self, tensor: str, keep: list[torch.Tensor]) -> torch.Tensor:
         """Expected kept channels of a tensor (a concat sums its parts)."""
@@ -85,38 +136,42 @@ class CostModel:
                 kind = ("depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear"
                         else "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d")
                 kept = kept_out.sum()
-                runs = self._runs(layer, kept_out, probs[i])
+                run_list = self._run_list(layer, kept_out, probs[i])
+                runs = len(run_list)
                 in_channels = (0 if layer.kind == "linear" or layer.depthwise
                                else round(float(self.channels(layer.input, keep).detach())))
                 kind = cost_kind(kind, in_channels, getattr(self.target, "kernels", None))
-                ungrouped = self._ungrouped(layer, kind, kept_out, probs[i])
+                ungrouped = sum(ungrouped_channels(kind, bits, count) for bits, count in run_list)
+                conv1 = kind == "depthwise_conv2d" and not layer.depthwise
+                slow = (kept_out * (probs[i] * self.slow[layer.name]).sum(dim=1)).sum()
+                counts = kernel_counts(kind, self.geometry[layer.name], run_list, kept, k, conv1, slow,
+                                       getattr(self.target, "kernels", None) == "portable")
                 cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs,
-                                                  self.pixels[layer.input], ungrouped, layer.kernel[0], in_channels)
+                                                  self.pixels[layer.input], ungrouped, layer.kernel[0], in_channels,
+                                                  counts)
                 flash = flash + sum(count * k * bits / 8.0 for bits, count in by_bits.items())
                 flash = flash + CONSTANT_BYTES_PER_CHANNEL * kept
             elif isinstance(layer, (PoolLayer, AddLayer, ConcatLayer)):
                 elements = self.pixels[out] * self.channels(out, keep)
                 if isinstance(layer, PoolLayer):
-                    elements = elements * layer.kernel[0] * layer.kernel[1]
-                    kind = "pool"
+                    cycles = cycles + pool_cycles(self.target, elements, layer.kernel)
                 else:
                     kind = "add" if isinstance(layer, AddLayer) else "concat"
-                cycles = cycles + elementwise_cycles(self.target, kind, elements)
+                    cycles = cycles + elementwise_cycles(self.target, kind, elements)
         return ExpectedCost(flash_bytes=flash, ram_bytes=self._arena(keep), cycles=cycles)
 
     def _runs(self, layer: WeightedLayer, kept_out: torch.Tensor, probs: torch.Tensor) -> int:
-        """Kernel calls of a layer as the exporter forms them: one per bit-width where it may order
-        the channels by bit-width, else one per change of bit-width along the channel order."""
-        chosen = probs.detach().argmax(dim=1)[kept_out.detach() > 0.5].tolist()
-        if self.reorderable[layer.name]:
-            return max(1, len(set(chosen)))
-        return max(1, 1 + sum(1 for a, b in zip(chosen, chosen[1:]) if a != b))
+        """Kernel calls of a layer as the exporter forms them (`_run_list`)."""
+        return len(self._run_list(layer, kept_out, probs))
 
-    def _ungrouped(self, layer: WeightedLayer, kind: str, kept_out: torch.Tensor, probs: torch.Tensor) -> int:
-        """Channels outside a sub-byte group, in the runs `_runs` counts (a constant: it has no gradient)."""
+    def _run_list(self, layer: WeightedLayer, kept_out: torch.Tensor, probs: torch.Tensor) -> list[tuple[int, int]]:
+        """The weight runs (bits, channels) of the current discrete choices, as the exporter forms them: one
+        per bit-width where it may order the channels by bit-width, else one per change of bit-width along
+        the channel order (constants: they have no gradient). At least one run (a fully pruned layer
+        still calls its kernel)."""
         chosen = [self.space.choices[j] for j in probs.detach().argmax(dim=1)[kept_out.detach() > 0.5].tolist()]
         if self.reorderable[layer.name]:
-            runs = [(bits, chosen.count(bits)) for bits in set(chosen)]
+            runs = [(bits, chosen.count(bits)) for bits in sorted(set(chosen), reverse=True)]
         else:
             runs = []
             for bits in chosen:
@@ -124,7 +179,7 @@ class CostModel:
                     runs[-1] = (bits, runs[-1][1] + 1)
                 else:
                     runs.append((bits, 1))
-        return sum(ungrouped_channels(kind, bits, count) for bits, count in runs)
+        return runs or [(self.space.choices[0], 0)]
 
     def _code_bytes(self, keep: list[torch.Tensor], probs: list[torch.Tensor]) -> int:
         """Code estimate of the plan these choices make (a constant: code size has no gradient).

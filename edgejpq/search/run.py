@@ -395,22 +395,22 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
                         "the smallest plan reachable (2 bits, one channel per group)")
         if config.method == "joint":
             space = SearchableGraph(graph, groups, choices=choices)
-            cost_model = CostModel(space, target, evaluator.model(full))
+            cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "search", config.search_epochs, search=True, cost_model=cost_model)
         elif config.method == "two-stage":
             first = config.search_epochs // 2
             pruning = SearchableGraph(graph, groups, choices=(8,))
             trainer.run(pruning, "prune", first, search=True,
-                        cost_model=CostModel(pruning, target, evaluator.model(full)))
+                        cost_model=CostModel(pruning, target, evaluator.model(full), evaluator.ranges))
             space = SearchableGraph(pruning.trained_graph(), groups, choices=choices)
             space.freeze_keep_only(pruning.discrete_plan())
-            cost_model = CostModel(space, target, evaluator.model(full))
+            cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
         else:
             raise EdgejpqError(f"unknown method {config.method!r}: use joint, uniform or two-stage")
         space.frozen_keep = None if config.method == "joint" else space.frozen_keep
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator,
-                                    CostModel(space, target, evaluator.model(full)))
+                                    CostModel(space, target, evaluator.model(full), evaluator.ranges))
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps)
