@@ -13,8 +13,8 @@ plain packing, so the weights' flash is byte for byte the `.ejq` file's. 8-bit r
 layers keep the plain packing.
 
 `scratch_bytes` mirrors the kernels' scratch layout (ejq_dsp_conv.h, ejq_dsp_fc.h, ejq_dsp_dw.h):
-the requantization table of a run, int16 activations and, for depthwise layers and convolutions of
-one input channel (which run on the depthwise machinery), channel planes.
+int16 activations, for convolutions also the requantization table of a run and, for depthwise layers
+and convolutions of one input channel (which run on the depthwise machinery), channel planes.
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def _k4(k: int) -> int:
 
 def scratch_bytes(op: Conv2D | FullyConnected, tensors: Mapping[str, TensorInfo]) -> int:
     """Scratch bytes the DSP kernels of `op` use (each weight run's call; the largest run counts)."""
-    table = RQ_ENTRY_BYTES * max(run.count for run in op.runs)
     k = weight_k(op, tensors)
-    if isinstance(op, FullyConnected):
-        return table + 2 * _k4(k) + 4
+    if isinstance(op, FullyConnected):  # the column only: each channel is requantized once, without a table
+        return 2 * _k4(k)
+    table = RQ_ENTRY_BYTES * max(run.count for run in op.runs)
     in_c = tensors[op.input].shape[2]
     if not op.depthwise and in_c != 1:  # a convolution of one input channel runs as the depthwise kernel does
         gather = 2 * _k4(k) if in_c % 4 else 0

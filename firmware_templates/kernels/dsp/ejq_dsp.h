@@ -92,6 +92,13 @@ EJQ_INLINE uint32_t ejq_load_u32_inc(const uint8_t **p)
     return v;
 }
 
+/* Store a and b at *p (STRD, which needs a word-aligned address: callers say why it is) and move
+   the pointer by 8 bytes. */
+EJQ_INLINE void ejq_strd_inc(uint32_t **p, uint32_t a, uint32_t b)
+{
+    __asm__ volatile("strd %1, %2, [%0], #8" : "+r"(*p) : "r"(a), "r"(b) : "memory");
+}
+
 EJQ_INLINE int32_t ejq_smlad(uint32_t a, uint32_t b, int32_t acc)
 {
     return __smlad((int16x2_t)a, (int16x2_t)b, acc);
@@ -196,13 +203,20 @@ EJQ_INLINE int32_t ejq_clamp(int32_t z, int32_t act_min, int32_t act_max)
     return z > act_max ? act_max : z;
 }
 
+/* The general path, out of line (rare: it keeps the fast path's registers free where it is inlined). */
+static __attribute__((noinline, unused)) int8_t ejq_rq_general(int32_t x, const ejq_rq *q, int32_t output_offset,
+                                                               int32_t act_min, int32_t act_max)
+{
+    return ejq_requantize_s8(x, q->multiplier, q->m2, output_offset, act_min, act_max);
+}
+
 /* Requantize accumulator x (bias included) of one channel: int8 in [act_min, act_max]. */
 EJQ_INLINE int8_t ejq_rq_apply(int32_t x, const ejq_rq *q, int32_t output_offset, int32_t act_min, int32_t act_max)
 {
-    if (q->shift >= 0) {
+    if (__builtin_expect(q->shift >= 0, 1)) {
         return (int8_t)ejq_clamp(ejq_rq_fast(x, q->m2, q->ca, q->shift), act_min, act_max);
     }
-    return ejq_requantize_s8(x, q->multiplier, q->m2, output_offset, act_min, act_max);
+    return ejq_rq_general(x, q, output_offset, act_min, act_max);
 }
 
 #endif /* EJQ_DSP_H */
