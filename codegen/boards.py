@@ -14,14 +14,14 @@ import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from edgejpq.artifact import QuantizedModel, atomic_write_bytes
-from edgejpq.cost.target import CORE_EXTENSIONS, FlashInfo, TargetSpec, list_targets
+from edgejpq.cost.target import CORE_EXTENSIONS, Address, FlashInfo, PositiveInt, TargetSpec, Text, list_targets
 from edgejpq.emulate.qemu import LINK_FLAGS, WARNING_FLAGS, cross_prefix
 from edgejpq.errors import EdgejpqError
 from edgejpq.resources import templates_dir
@@ -144,16 +144,13 @@ _SYSTICK_CORES = {"cortex-m0plus": "a Cortex-M0+ has no DWT cycle counter"}
 _DWT = "the DWT cycle counter (DWT->CYCCNT at 0xE0001004, started with DEMCR.TRCENA and DWT->CTRL.CYCCNTENA)"
 
 _STRICT = ConfigDict(extra="forbid")
-_Text = Annotated[str, Strict(), Field(min_length=1)]
-_Positive = Annotated[int, Strict(), Field(gt=0)]
-_Address = Annotated[int, Strict(), Field(ge=0, lt=1 << 32)]
 
 
 @dataclass(frozen=True)
 class MemorySpan:
     __pydantic_config__ = _STRICT
-    base: _Address
-    bytes: _Positive
+    base: Address
+    bytes: PositiveInt
 
 
 @dataclass(frozen=True)
@@ -166,18 +163,18 @@ class BoardMemory:
 @dataclass(frozen=True)
 class BoardClock:
     __pydantic_config__ = _STRICT
-    source: _Text  # the oscillator the core runs from (the reset clock: no PLL)
-    hz: _Positive
+    source: Text  # the oscillator the core runs from (the reset clock: no PLL)
+    hz: PositiveInt
 
 
 @dataclass(frozen=True)
 class BoardConsole:
     __pydantic_config__ = _STRICT
-    uart: _Text
-    tx: _Text
-    rx: _Text
-    baud: _Positive
-    note: _Text  # what the UART is wired to, e.g. the debug probe's virtual COM port
+    uart: Text
+    tx: Text
+    rx: Text
+    baud: PositiveInt
+    note: Text  # what the UART is wired to, e.g. the debug probe's virtual COM port
 
 
 @dataclass(frozen=True)
@@ -186,16 +183,16 @@ class BoardSpec:
 
     __pydantic_config__ = _STRICT
     schema_version: Literal[1]
-    name: _Text
-    vendor_board: _Text
-    chip: _Text
-    core: _Text
+    name: Text
+    vendor_board: Text
+    chip: Text
+    core: Text
     memory: BoardMemory
-    stack_bytes: _Positive
+    stack_bytes: PositiveInt
     clock: BoardClock
     console: BoardConsole
-    openocd_target: _Text
-    includes: tuple[_Text, ...] = ()  # extra files under firmware_templates/boards/ the board's C includes
+    openocd_target: Text
+    includes: tuple[Text, ...] = ()  # extra files under firmware_templates/boards/ the board's C includes
     bring_up: str = ""  # template of ejq_board.c under firmware_templates/boards/ (default <name>/ejq_board.c.j2)
     mfpu: str = ""  # the chip's FPU when it differs from the target's -mfpu (e.g. single precision only)
 
