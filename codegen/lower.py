@@ -320,7 +320,8 @@ class _Lowering:
             scratch = f"{self.name}_scratch.bytes"
             if not (isinstance(op, Conv2D) and op.depthwise):
                 rows = unpacked_weights(op, model)
-                packed = np.concatenate([dsp_layout.dsp_pack_run(rows[r.start: r.start + r.count], r.bits)
+                packed = np.concatenate([dsp_layout.dsp_pack_run(rows[r.start: r.start + r.count], r.bits,
+                                                                   pair2=isinstance(op, FullyConnected))
                                          for r in op.runs])
                 layout = "weight rows in the DSP set's channel groups"
         weights = self._const(f"{prefix}_weights", "uint8_t", packed, f"{label}: {layout}, {k} weights a row")

@@ -4,14 +4,25 @@
  * the column share each load of it among several rows: five or four 8-bit rows (assembly,
  * ejq_fc_w8.c; then two or one in C for the rest), three or two 4-bit pair groups (assembly,
  * ejq_fc_w4.c; a last group alone in C), two 2-bit quad groups (assembly, ejq_fc_w2.c; a last quad
- * alone in C), then two plain 2-bit rows at a time (C) and single left-over rows (ejq_dot_plain). Each channel is requantized once, so
- * there is no requantization table: the fast path's constants are made on the spot.
+ * alone in C), then the 2-bit pair of the next two channels (assembly, ejq_fc_w2.c) and single
+ * left-over rows (ejq_dot_plain). Each channel is requantized once, so there is no requantization
+ * table: the fast path's constants are made on the spot.
+ *
+ * The 2-bit pair (codegen/dsp_layout.py): 2 or 3 channels A, B (, C) left over from a run's quads
+ * store A and B as one nibble n = (A + 2) << 2 | (B + 2) an input, in 2 bytes a block of 4 inputs,
+ * which are exactly the 2 plain rows' ceil(K / 4) bytes each for every K (C keeps the plain packing).
+ * Blocks b, b + 1 share a word: byte 0 = n(b, 0) | n(b, 1) << 4, byte 1 the same for block b + 1,
+ * byte 2 = n(b, 2) | n(b, 3) << 4, byte 3 the same for b + 1 (a last, odd block: its bytes 0 and 2 as
+ * bytes 0 and 1), so (w >> 4j) & 0x000F000F is an int16 pair for SMLAD with one column word and
+ * (w >> 4j) & 0x00030003 its B + 2 part. The sums F = n . x and L = (n & 3) . x give, with the
+ * column's sum, B . x = L - 2 sum and A . x = (F - L) / 4 - 2 sum (F - L is 4 (A + 2) . x: the shift
+ * is exact). |F| <= 15 * 255 * K: no overflow for K < 2^19.
  *
  * Cost (instructions, Cortex-M4, GCC 12 -O2), per block of 4 inputs: 8-bit 26 per 5 rows (~21 per
  * 4) plus 0.5 (loop, four blocks an iteration); 4-bit 28 per 3 groups (6 channels) or 19 per 2
- * groups plus ~0.75-1.5; 2-bit 40 per 2 quads (8 channels) plus 1.5; plain 2-bit rows ~9 per row,
- * single plain rows ~12. Per call: the conversion, ~4.5 per block (7 with the sum), and ~60 fixed;
- * per pass ~25; per channel ~20 (requantization and store).
+ * groups plus ~0.75-1.5; 2-bit 38 per 2 quads (8 channels) plus 1.5, the 2-bit pair 9.5 (2
+ * channels), single plain rows ~12. Per call: the conversion, ~4.5 per block (7 with the sum), and
+ * ~60 fixed; per pass ~25; per channel ~20 (requantization and store).
  *
  * Scratch of one call: the column (K4 / 4 blocks of 2 words, K4 = K rounded up to 4).
  */
@@ -39,6 +50,7 @@ void ejq_fc_w8x4(ejq_fc_rows *r);  /* rows 0-3 (ejq_fc_w8.c) */
 void ejq_fc_w4x3(ejq_fc_rows *r);  /* three 4-bit pair groups, `stride` apart: acc = {S, U} x 3 (ejq_fc_w4.c) */
 void ejq_fc_w4x2(ejq_fc_rows *r);  /* two 4-bit pair groups: acc = {S, U} x 2 (ejq_fc_w4.c) */
 void ejq_fc_w2x2(ejq_fc_rows *r);  /* two 2-bit quad groups: acc = {S, T2, T4, T6} x 2 (ejq_fc_w2.c) */
+void ejq_fc_w2p(ejq_fc_rows *r);   /* the 2-bit pair, whole words (2 blocks): acc = {F, L} (ejq_fc_w2.c) */
 
 /* One 8-bit block (4 inputs) of row `w` into accumulator `a`. */
 #define EJQ_FC_W8_BLOCK(w, a, x02, x13)                          \
@@ -142,44 +154,6 @@ EJQ_INLINE void ejq_fc_mm_w2x1(const uint8_t *w, const uint32_t *x, uint32_t blo
     acc[1] = t2;
     acc[2] = t4;
     acc[3] = t6;
-}
-
-/*
- * Two plain-packed 2-bit rows (channels left over from the quads), `stride` bytes apart, against the
- * column: acc[i] += row i . x. A block's byte v holds w0..w3 in bits 0-1, 2-3, 4-5, 6-7; one
- * multiply by 2^14 + 2^26 puts w0 in bits 14-15 and w2 in bits 30-31 (the two copies of v do not
- * overlap, so nothing carries), by 2^12 + 2^24 w1 and w3 there; masking with 0xC000C000 leaves the
- * int16 pairs (2^14 w0, 2^14 w2), (2^14 w1, 2^14 w3) for SMLAD with the column's (x0, x2), (x1, x3).
- * |w x| <= 2 * 255, so 64 blocks (256 inputs) make at most 2^14 * 130560 < 2^31: the scaled sums
- * are taken 64 blocks at a time and divided exactly by 2^14.
- */
-EJQ_INLINE void ejq_fc_mm_w2_plain2(const uint8_t *w, uint32_t stride, const uint32_t *x, uint32_t blocks,
-                                    int32_t acc[2])
-{
-    const uint8_t *w0 = w, *w1 = w + stride;
-    uint32_t m02 = (1u << 14) + (1u << 26), m13 = (1u << 12) + (1u << 24);
-    int32_t a0 = acc[0], a1 = acc[1];
-    __asm__("" : "+r"(m02), "+r"(m13));  /* MUL takes registers */
-    while (blocks > 0u) {
-        const uint32_t n = blocks < 64u ? blocks : 64u;
-        const uint32_t *end = x + 2u * n;
-        int32_t s0 = 0, s1 = 0;
-        do {
-            const uint32_t x02 = x[0], x13 = x[1];
-            uint32_t v = *w0++;
-            s0 = ejq_smlad((v * m02) & 0xC000C000u, x02, s0);
-            s0 = ejq_smlad((v * m13) & 0xC000C000u, x13, s0);
-            v = *w1++;
-            s1 = ejq_smlad((v * m02) & 0xC000C000u, x02, s1);
-            s1 = ejq_smlad((v * m13) & 0xC000C000u, x13, s1);
-            x += 2;
-        } while (x != end);
-        a0 += s0 >> 14;
-        a1 += s1 >> 14;
-        blocks -= n;
-    }
-    acc[0] = a0;
-    acc[1] = a1;
 }
 
 /* What requantizing a channel needs, read once per call into locals (the int8 stores may alias *p
@@ -301,6 +275,38 @@ EJQ_INLINE void ejq_fc_pass(void (*kernel)(ejq_fc_rows *), const uint8_t *w, uin
         r->acc[i] = 0;
     }
     kernel(r);
+}
+
+/*
+ * The 2-bit pair (the first two channels left over from the quads, codegen/dsp_layout.py) against
+ * the column, whose sum is `sum`: acc = {A . x, B . x}. F = sum n x and L = sum (n & 3) x: a word
+ * holds blocks b, b + 1, bits 0-3 of its lanes (bytes 0 and 2) block b's inputs (0, 2), bits 4-7 its
+ * (1, 3), bits 8-15 the same for block b + 1, so one AND (of the word shifted) makes each int16 pair:
+ * whole words in assembly (ejq_fc_w2p), a last, odd block's 2 bytes (to bytes 0 and 2 of a word)
+ * here. Not inlined: in ejq_dsp_fc_run it costs the runs without a pair a few spills.
+ */
+static __attribute__((noinline, unused)) void ejq_fc_mm_w2_pair(const uint8_t *w, const uint32_t *column,
+                                                                uint32_t blocks, int32_t sum, int32_t acc[2])
+{
+    const uint32_t words = blocks / 2u;
+    int32_t f = 0, l = 0;
+    if (words > 0u) {
+        ejq_fc_rows r;
+        ejq_fc_pass(ejq_fc_w2p, w, 0u, column, 2u * words, 2u, &r);
+        f = r.acc[0];
+        l = r.acc[1];
+    }
+    if (blocks & 1u) {
+        const uint8_t *t = w + 4u * words;
+        const uint32_t *x = column + 4u * words;
+        const uint32_t v = (uint32_t)t[0] | ((uint32_t)t[1] << 16);
+        f = ejq_smlad(v & 0x000F000Fu, x[0], f);
+        l = ejq_smlad(v & 0x00030003u, x[0], l);
+        f = ejq_smlad((v >> 4) & 0x000F000Fu, x[1], f);
+        l = ejq_smlad((v >> 4) & 0x00030003u, x[1], l);
+    }
+    acc[0] = ((f - l) >> 2) - 2 * sum;  /* A: F - L = 4 (A + 2) . x, so the shift is exact */
+    acc[1] = l - 2 * sum;               /* B */
 }
 
 /* 8-bit rows [c, c + n) through the assembly kernel of n = 5 or 4 rows. */
@@ -445,9 +451,9 @@ EJQ_INLINE void ejq_dsp_fc_run(const ejq_fc_params *p, const ejq_weight_run *run
             ejq_fc_store_n(o, c, acc, 4u);
             c += 4u;
         }
-        if (c + 2u <= count) {
-            int32_t acc[2] = {0, 0};
-            ejq_fc_mm_w2_plain2(run->weights + c * stride, stride, column, blocks, acc);
+        if (c + 2u <= count) {  /* the 2-bit pair */
+            int32_t acc[2];
+            ejq_fc_mm_w2_pair(run->weights + c * stride, column, blocks, sum, acc);
             ejq_fc_store_n(o, c, acc, 2u);
             c += 2u;
         }
