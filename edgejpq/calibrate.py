@@ -411,7 +411,10 @@ _MIXED = (mixed_case("conv2d", (8, 8, 16), ((8, 5), (4, 6), (2, 5))),
           mixed_case("depthwise_conv2d", (8, 8, 16), ((8, 5), (2, 3), (4, 8))),
           mixed_case("depthwise_conv2d", (6, 6, 12), ((4, 2), (8, 3), (2, 1), (8, 6))),
           mixed_case("fully_connected", (1, 1, 64), ((8, 3), (4, 3), (2, 4))),
-          mixed_case("fully_connected", (1, 1, 128), ((2, 6), (8, 9), (4, 9))))
+          mixed_case("fully_connected", (1, 1, 128), ((2, 6), (8, 9), (4, 9))),
+          # large planes: most pixel pairs are inside the input (the fused column build of every run)
+          mixed_case("conv2d", (16, 16, 12), ((8, 5), (4, 3), (2, 4))),
+          mixed_case("conv2d", (14, 14, 16), ((2, 6), (8, 3), (4, 7))))
 
 
 def _depthwise_1d(length: int, channels: int, bits: int, kernel: int, stride: int = 1) -> KernelCase:

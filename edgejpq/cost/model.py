@@ -60,10 +60,15 @@ def input_elements(kind: str, pixels: Any, k: Any, kept_channels: Any, runs: int
 
 def ungrouped_channels(kind: str, bits: int, count: int) -> int:
     """Channels of a weight run that do not fill a sub-byte group (the DSP kernels' slower path) of a
-    convolution or fully connected layer. Depthwise has none: its channels' costs are kernel_counts'."""
+    convolution or fully connected layer. Depthwise has none: its channels' costs are kernel_counts'.
+    A fully connected 2-bit run packs two of the channels left over from its quads as a pair, which runs
+    at about the quads' rate (codegen/dsp_layout.py), so only a third left-over channel is ungrouped."""
     if kind == "depthwise_conv2d" or bits not in (2, 4):
         return 0
-    return count % SUB_BYTE_GROUP[bits]
+    left = count % SUB_BYTE_GROUP[bits]
+    if kind == "fully_connected" and bits == 2 and left >= 2:
+        return left - 2
+    return left
 
 
 @dataclass(frozen=True)
