@@ -497,7 +497,8 @@ def quick_grid() -> list[KernelCase]:
                   conv_case("conv2d", (8, 8, 8), 8, bits),
                   conv_case("pointwise_conv2d", (4, 4, 64), 32, bits),
                   conv_case("pointwise_conv2d", (4, 4, 32), 7, bits),
-                  conv_case("depthwise_conv2d", (8, 8, 8), 0, bits), fc_case(256, 32, bits), fc_case(64, 7, bits)]
+                  conv_case("depthwise_conv2d", (8, 8, 8), 0, bits), fc_case(256, 32, bits), fc_case(64, 7, bits),
+                  fc_case(96, 5, bits)]
     cases += [_MIXED[0], _MIXED[2], _MIXED[4], _MIXED[6]]
     cases += [conv_case("depthwise_conv2d", (7, 7, 16), 0, 8), conv_case("depthwise_conv2d", (10, 10, 16), 0, 8, kernel=5),
               conv_case("depthwise_conv2d", (10, 10, 8), 0, 8, kernel=7), _depthwise_1d(40, 16, 8, 5),
