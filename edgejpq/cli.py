@@ -849,8 +849,8 @@ def calibrate(
                                              "machine.")] = "cortex-m4",
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Target file to write (default: ./TARGET.yaml). Use it with `--target PATH`.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 40 kernel runs instead of "
-                                                        "100): a first look, a looser fit.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 65 kernel runs instead of "
+                                                        "160): a first look, a looser fit.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="QEMU builds and runs in parallel.")] = 2,
     holdout: Annotated[bool, typer.Option("--holdout", help="Then measure the hold-out shapes (in neither grid) and "
                                                             "report the written table's error on them.")] = False,
