@@ -119,6 +119,31 @@ static void ejq_dw_row_generic(const int16_t *plane, int32_t top, const int16_t 
 }
 
 /*
+ * Two outputs of one channel's 3x3 row, in assembly: the kernel rows at r0, r0 + r1 + `off` and
+ * r0 + r2 + `off` (`off` is "" or ", #-4", as the caller's r1 and r2 are set), the tap words in
+ * r4-r9; stores the pair at r3 and steps r0 by 2 inputs and r3 by 2 accumulators.
+ */
+#define EJQ_DW3_PAIR(off)                    \
+    "ldrd r10, r11, [r0], #4\n\t"        \
+    "smuad r12, r4, r10\n\t"             \
+    "smuad lr, r5, r11\n\t"              \
+    "smlabt lr, r4, r10, lr\n\t"         \
+    "smlatb r12, r5, r11, r12\n\t"       \
+    "add r10, r0, r1\n\t"                \
+    "ldrd r10, r11, [r10" off "]\n\t"    \
+    "smlad r12, r6, r10, r12\n\t"        \
+    "smlad lr, r7, r11, lr\n\t"          \
+    "smlabt lr, r6, r10, lr\n\t"         \
+    "smlatb r12, r7, r11, r12\n\t"       \
+    "add r10, r0, r2\n\t"                \
+    "ldrd r10, r11, [r10" off "]\n\t"    \
+    "smlad r12, r8, r10, r12\n\t"        \
+    "smlad lr, r9, r11, lr\n\t"          \
+    "smlabt lr, r8, r10, lr\n\t"         \
+    "smlatb r12, r9, r11, r12\n\t"       \
+    "strd r12, lr, [r3], #8\n\t"
+
+/*
  * One output row of one channel, 3x3 stride 1, out_w even: two outputs per step, the weights in
  * registers. Per kernel row one LDRD of (x0, x1), (x2, x3) and SMUAD/SMLAD (w0, w1).(x0, x1),
  * (w1, w2).(x2, x3) plus SMLABT w0 x1 and SMLATB w2 x2: 6 MACs in 4 instructions; 21 instructions
@@ -143,24 +168,7 @@ static void ejq_dw_row_3x3_asm(const int16_t *r0, int32_t d1, int32_t d2, const 
         "ldr r12, [r12]\n\t"
         "push {r12, lr}\n\t"
         "1:\n\t"
-        "ldrd r10, r11, [r0], #4\n\t"
-        "smuad r12, r4, r10\n\t"
-        "smuad lr, r5, r11\n\t"
-        "smlabt lr, r4, r10, lr\n\t"
-        "smlatb r12, r5, r11, r12\n\t"
-        "add r10, r0, r1\n\t"
-        "ldrd r10, r11, [r10]\n\t"
-        "smlad r12, r6, r10, r12\n\t"
-        "smlad lr, r7, r11, lr\n\t"
-        "smlabt lr, r6, r10, lr\n\t"
-        "smlatb r12, r7, r11, r12\n\t"
-        "add r10, r0, r2\n\t"
-        "ldrd r10, r11, [r10]\n\t"
-        "smlad r12, r8, r10, r12\n\t"
-        "smlad lr, r9, r11, lr\n\t"
-        "smlabt lr, r8, r10, lr\n\t"
-        "smlatb r12, r9, r11, r12\n\t"
-        "strd r12, lr, [r3], #8\n\t"
+        EJQ_DW3_PAIR("")
         "ldr r10, [sp]\n\t"
         "cmp r3, r10\n\t"
         "bne 1b\n\t"
@@ -207,43 +215,9 @@ static void ejq_dw_rows_3x3_asm(const int16_t *r0, int32_t d1, int32_t d2, const
         "str r10, [sp]\n\t"
         "bne 4f\n\t"                      /* an odd number of pairs: start with the second half */
         "1:\n\t"
-        "ldrd r10, r11, [r0], #4\n\t"
-        "smuad r12, r4, r10\n\t"
-        "smuad lr, r5, r11\n\t"
-        "smlabt lr, r4, r10, lr\n\t"
-        "smlatb r12, r5, r11, r12\n\t"
-        "add r10, r0, r1\n\t"
-        "ldrd r10, r11, [r10, #-4]\n\t"
-        "smlad r12, r6, r10, r12\n\t"
-        "smlad lr, r7, r11, lr\n\t"
-        "smlabt lr, r6, r10, lr\n\t"
-        "smlatb r12, r7, r11, r12\n\t"
-        "add r10, r0, r2\n\t"
-        "ldrd r10, r11, [r10, #-4]\n\t"
-        "smlad r12, r8, r10, r12\n\t"
-        "smlad lr, r9, r11, lr\n\t"
-        "smlabt lr, r8, r10, lr\n\t"
-        "smlatb r12, r9, r11, r12\n\t"
-        "strd r12, lr, [r3], #8\n\t"
+        EJQ_DW3_PAIR(", #-4")
         "4:\n\t"
-        "ldrd r10, r11, [r0], #4\n\t"
-        "smuad r12, r4, r10\n\t"
-        "smuad lr, r5, r11\n\t"
-        "smlabt lr, r4, r10, lr\n\t"
-        "smlatb r12, r5, r11, r12\n\t"
-        "add r10, r0, r1\n\t"
-        "ldrd r10, r11, [r10, #-4]\n\t"
-        "smlad r12, r6, r10, r12\n\t"
-        "smlad lr, r7, r11, lr\n\t"
-        "smlabt lr, r6, r10, lr\n\t"
-        "smlatb r12, r7, r11, r12\n\t"
-        "add r10, r0, r2\n\t"
-        "ldrd r10, r11, [r10, #-4]\n\t"
-        "smlad r12, r8, r10, r12\n\t"
-        "smlad lr, r9, r11, lr\n\t"
-        "smlabt lr, r8, r10, lr\n\t"
-        "smlatb r12, r9, r11, r12\n\t"
-        "strd r12, lr, [r3], #8\n\t"
+        EJQ_DW3_PAIR(", #-4")
         "ldr r10, [sp]\n\t"
         "cmp r3, r10\n\t"
         "bne 1b\n\t"
