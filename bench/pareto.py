@@ -11,7 +11,13 @@ integer reference over the whole test set (the host C is bit-exact with it; the 
 that, and --emulate re-checks every point through the host C). Prints a table, writes
 bench/out/pareto_<model>.png and .json, and prints one JSON line last.
 
-    python bench/pareto.py --model resnet8 [--budgets 0.2,0.3,0.45] [--emulate] [--float-checkpoint F.pt]
+    python bench/pareto.py --model resnet8 [--budgets 0.35,0.45] [--emulate] [--float-checkpoint F.pt]
+
+The points of one protocol can be measured by several processes (one core each) and merged:
+
+    python bench/pareto.py --model resnet8 --methods uniform --float-checkpoint F.pt --out a.json
+    python bench/pareto.py --model resnet8 --methods joint,two-stage --float-checkpoint F.pt --out b.json
+    python bench/pareto.py --model resnet8 --combine a.json,b.json
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from rich.table import Table
 
 from edgejpq.artifact import atomic_write_bytes
 from edgejpq.cost.target import load_target
-from edgejpq.data import load_dataset
+from edgejpq.data import calibration_subset, load_dataset
 from edgejpq.graph import build_float_graph
+from edgejpq.plan import uniform_plan
+from edgejpq.quant.integerize import calibrate
 from edgejpq.search.report import plot_pareto
-from edgejpq.search.run import Budgets, SearchConfig, run_search
+from edgejpq.search.run import Budgets, Evaluator, SearchConfig, run_search
 from edgejpq.train import evaluate, load_float_checkpoint, save_float_checkpoint, train_float
 from edgejpq.zoo import build_model
 
@@ -47,7 +55,9 @@ def main() -> None:
     parser.add_argument("--uniform-epochs", type=int, default=4)
     parser.add_argument("--search-epochs", type=int, default=5)
     parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--budgets", default="0.2,0.3,0.45", help="flash budgets as fractions of uniform 8-bit")
+    parser.add_argument("--budget-warmup", type=float, default=SearchConfig.budget_warmup,
+                        help="fraction of the search over which the flash budget tightens from the 8-bit model's")
+    parser.add_argument("--budgets", default="0.35,0.45", help="flash budgets as fractions of uniform 8-bit")
     parser.add_argument("--methods", default="uniform,joint,two-stage")
     parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
                         help="run every point's test set through the host C and check it bit-exact (default)")
@@ -55,9 +65,23 @@ def main() -> None:
     parser.add_argument("--float-checkpoint", type=Path, default=None,
                         help="reuse this float model if it exists (its pre-training time is read from it), "
                              "else pre-train and save it there")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the JSON to write (default bench/out/pareto_<model>.json)")
+    parser.add_argument("--combine", default=None,
+                        help="comma-separated JSONs of earlier runs of one protocol: merge their points, "
+                             "print the table and verdict, write the JSON and plot")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     console = Console(width=200)
+    out = args.out or OUT / f"pareto_{args.model}.json"
+    if args.combine:
+        payload = _combine([Path(f) for f in args.combine.split(",")])
+    else:
+        payload = _measure(args, console, out)
+    _report(payload, console, out)
+
+
+def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     ds = load_dataset(args.data)
     target = load_target(args.target)
     if args.float_checkpoint is not None and args.float_checkpoint.exists():
@@ -82,9 +106,16 @@ def main() -> None:
                                   input_shape=ds.input_shape, num_classes=ds.num_classes, history=history)
     float_acc = evaluate(net, ds.x_test, ds.y_test)
     graph = build_float_graph(net, ds.input_shape)
-    points = []
+    # the budgets are fractions of the uniform 8-bit model's flash, which its plan alone fixes
+    calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
+    uniform8_flash = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8)).flash_bytes
+    protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                if k not in ("out", "combine", "methods", "budgets", "emulate")}
+    payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
+               "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
+               "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
 
-    def record(method: str, label: str, config: SearchConfig) -> dict:
+    def record(method: str, label: str, config: SearchConfig) -> None:
         result = run_search(graph, ds, target, config, on_epoch=lambda r: console.print(
             f"  {label} {r.stage} {r.epoch}: acc {100 * r.test_accuracy:.2f}% flash {r.flash_bytes} B "
             f"({r.seconds:.0f} s)"))
@@ -102,43 +133,57 @@ def main() -> None:
                 emulation = emulate_host(result.model, quantize_input(result.model, ds.x_test), Path(tmp))
             point["host_c_bit_exact"] = emulation.bit_exact
         console.print(f"{label}: {point}")
-        points.append(point)
-        partial = {"benchmark": "pareto", "model": args.model, "complete": False, "points": points}
-        atomic_write_bytes(OUT / f"pareto_{args.model}.partial.json", json.dumps(partial, indent=1).encode())
-        return point
+        payload["points"].append(point)
+        atomic_write_bytes(out, json.dumps(payload, indent=1).encode())  # a cut-short run keeps what it measured
 
     methods = args.methods.split(",")
-    uniform8 = None
-    for bits in (8, 4, 2):
-        if "uniform" in methods or bits == 8:
-            p = record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
-                                                                 finetune_epochs=args.uniform_epochs, seed=args.seed))
-            uniform8 = p if bits == 8 else uniform8
-    assert uniform8 is not None
+    if "uniform" in methods:
+        for bits in (8, 4, 2):
+            record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
+                                                            finetune_epochs=args.uniform_epochs, seed=args.seed))
     for fraction in (float(f) for f in args.budgets.split(",")):
-        budget = Budgets(flash_bytes=int(fraction * uniform8["flash_bytes"]))
+        budget = Budgets(flash_bytes=int(fraction * uniform8_flash))
         for method in ("joint", "two-stage"):
             if method in methods:
                 record(method, f"{method}@{fraction:.2f}", SearchConfig(
                     method=method, search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
-                    budgets=budget, seed=args.seed))
-    verdict = _verdict(points, uniform8)
-    table = Table(title=f"Pareto front: {args.model} on {args.data}, {target.name} (float {100 * float_acc:.2f}%, "
-                        f"pre-training {float_seconds:.0f} s)")
+                    budget_warmup=args.budget_warmup, budgets=budget, seed=args.seed))
+    payload["complete"] = True
+    return payload
+
+
+def _combine(files: list[Path]) -> dict:
+    """One payload from the JSONs of several processes that ran parts of the same protocol."""
+    parts = [json.loads(f.read_text()) for f in files]
+    first = parts[0]
+    for f, part in zip(files, parts):
+        for key in ("model", "data", "target", "protocol", "uniform8_flash_bytes"):
+            if part.get(key) != first.get(key):
+                raise SystemExit(f"{f}: its {key} {part.get(key)!r} differs from {files[0]}'s {first.get(key)!r}")
+        if not part.get("complete"):
+            print(f"warning: {f} is from a run that did not finish; using the points it measured")
+    return {**first, "complete": all(p.get("complete") for p in parts), "combined_from": [str(f) for f in files],
+            "points": [point for part in parts for point in part["points"]]}
+
+
+def _report(payload: dict, console: Console, out: Path) -> None:
+    points = payload["points"]
+    emulate = any("host_c_bit_exact" in p for p in points)
+    table = Table(title=f"Pareto front: {payload['model']} on {payload['data']}, {payload['target']} (float "
+                        f"{100 * payload['float_accuracy']:.2f}%, pre-training {payload['pretrain_seconds']:.0f} s)")
     columns = ["label", "weight_bytes", "flash_bytes", "budget_flash_bytes", "accuracy", "arena_bytes",
-               "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if args.emulate else [])
+               "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if emulate else [])
     for column in columns:
         table.add_column(column)
     for p in points:
         table.add_row(*(f"{100 * p[c]:.2f}%" if c == "accuracy" else str(p.get(c)) for c in columns))
     console.print(table)
-    payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
-               "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1),
-               "protocol": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "points": points, "verdict": verdict}
-    for key, value in verdict.items():
+    uniform8 = next((p for p in points if p["label"] == "uniform-8"), None)
+    payload["verdict"] = None if uniform8 is None else _verdict(points, uniform8)
+    for key, value in (payload["verdict"] or {"verdict": "needs the uniform-8 point"}).items():
         console.print(f"{key}: {value}")
-    atomic_write_bytes(OUT / f"pareto_{args.model}.json", json.dumps(payload, indent=1).encode())
-    plot_pareto(points, OUT / f"pareto_{args.model}.png", f"{args.model} on {args.data} ({target.name})")
+    atomic_write_bytes(out, json.dumps(payload, indent=1).encode())
+    plot_pareto(points, out.with_suffix(".png"), f"{payload['model']} on {payload['data']} ({payload['target']})")
     print(json.dumps(payload))
 
 

@@ -73,6 +73,7 @@ class SearchConfig:
     device: str = "cpu"
     calibration: int = 1000
     temperature: tuple[float, float] = (1.0, 0.05)
+    budget_warmup: float = 0.0  # fraction of the search over which the budgets tighten from the 8-bit model's cost
     eval_samples: int = 2000  # test samples scored after every epoch
 
 
@@ -193,14 +194,18 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self.reference: dict[Metric, float] = {}
 
-    def cost_loss(self, expected: ExpectedCost) -> torch.Tensor:
+    def cost_loss(self, expected: ExpectedCost, progress: float) -> torch.Tensor:
+        """Strength × cost plus the budget penalties; `progress` (0 → 1 over the search) tightens each
+        budget from the 8-bit model's cost to its value over the first `budget_warmup` of the search."""
         loss = torch.zeros((), device=self.device)
         clock = int(self.target.clock_hz)
         if self.config.strength:
             metric = self.config.objective
             loss = loss + self.config.strength * _expected(expected, metric, clock) / self.reference[metric]
+        warm = min(1.0, progress / self.config.budget_warmup) if self.config.budget_warmup > 0 else 1.0
         for metric, budget in self.config.budgets.items():
-            ratio = _expected(expected, metric, clock) / (BUDGET_MARGIN * budget)
+            aim = budget + (1.0 - warm) * max(self.reference[metric] - budget, 0.0)
+            ratio = _expected(expected, metric, clock) / (BUDGET_MARGIN * aim)
             loss = loss + BUDGET_WEIGHT * F.relu(ratio - 1.0)
         return loss
 
@@ -219,6 +224,7 @@ class Trainer:
         batches_per_epoch = math.ceil(len(self.x) / config.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
         t0, t1 = config.temperature
+        step, steps = 0, epochs * batches_per_epoch
         for epoch in range(epochs):
             start = time.perf_counter()
             if search:
@@ -232,7 +238,8 @@ class Trainer:
                 loss = F.cross_entropy(logits, self.y[index])
                 if search and cost_model is not None:
                     keep, selections = space.last_choices
-                    loss = loss + self.cost_loss(cost_model(keep=keep, probs=selections))
+                    loss = loss + self.cost_loss(cost_model(keep=keep, probs=selections), step / steps)
+                step += 1
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
