@@ -53,11 +53,9 @@ def main() -> None:
     parser.add_argument("--target", default="cortex-m4")
     parser.add_argument("--pretrain-epochs", type=int, default=6)
     parser.add_argument("--uniform-epochs", type=int, default=4)
-    parser.add_argument("--search-epochs", type=int, default=5)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--budget-warmup", type=float, default=SearchConfig.budget_warmup,
-                        help="fraction of the search over which the flash budget tightens from the 8-bit model's")
-    parser.add_argument("--budgets", default="0.35,0.45", help="flash budgets as fractions of uniform 8-bit")
+    parser.add_argument("--search-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--budgets", default="0.35,0.47", help="flash budgets as fractions of uniform 8-bit")
     parser.add_argument("--methods", default="uniform,joint,two-stage")
     parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
                         help="run every point's test set through the host C and check it bit-exact (default)")
@@ -147,7 +145,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
             if method in methods:
                 record(method, f"{method}@{fraction:.2f}", SearchConfig(
                     method=method, search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
-                    budget_warmup=args.budget_warmup, budgets=budget, seed=args.seed))
+                    budgets=budget, seed=args.seed))
     payload["complete"] = True
     return payload
 

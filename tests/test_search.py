@@ -202,33 +202,6 @@ def test_unreachable_budget_names_it_and_the_smallest_figure():
                    SearchConfig(method="uniform", budgets=Budgets(ram_bytes=64)))
 
 
-@pytest.mark.unit
-@pytest.mark.parametrize("warmup", [0.0, 0.5])
-def test_budget_penalty_tightens_over_the_warmup(warmup: float) -> None:
-    from edgejpq.search.cost import ExpectedCost
-    from edgejpq.search.run import BUDGET_MARGIN, BUDGET_WEIGHT, Trainer
-
-    ds = load_dataset("digits")
-    config = SearchConfig(budgets=Budgets(flash_bytes=1000), budget_warmup=warmup)
-    trainer = Trainer(ds, load_target("cortex-m4"), config, None, None)  # type: ignore[arg-type]
-    trainer.reference = {"flash": 3000.0, "ram": 1.0, "latency": 1.0}
-    zero = torch.zeros(())
-
-    def penalty(flash: float, progress: float) -> float:
-        return float(trainer.cost_loss(ExpectedCost(torch.tensor(flash), zero, zero), progress))
-
-    at_budget = BUDGET_WEIGHT * (2000 / (BUDGET_MARGIN * 1000) - 1)
-    assert penalty(2000, 1.0) == pytest.approx(at_budget)  # after the warm-up: the budget itself
-    assert penalty(2000, 0.6) == pytest.approx(at_budget)
-    if warmup:
-        assert penalty(2000, 0.0) == 0.0  # at the start the aim is the 8-bit model's cost
-        halfway = 2000 / (BUDGET_MARGIN * 2000)  # progress 0.25 of a 0.5 warm-up: half-way from 3000 to 1000
-        assert penalty(2000, 0.25) == pytest.approx(BUDGET_WEIGHT * max(halfway - 1, 0.0), rel=1e-5)
-        assert penalty(2900, 0.0) < penalty(2900, 0.25) < penalty(2900, 0.5)
-    else:
-        assert penalty(2000, 0.0) == pytest.approx(at_budget)
-
-
 @pytest.fixture(scope="module")
 def digits_search():
     torch.manual_seed(0)
