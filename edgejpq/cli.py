@@ -733,7 +733,7 @@ def search(
     epochs: Annotated[int, typer.Option(min=0, help="Search epochs (uniform: QAT epochs).")] = 4,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="Quantization-aware fine-tuning epochs.")] = 2,
     pretrain_epochs: Annotated[int, typer.Option(min=0, help="Float epochs when --model is a spec.")] = 3,
-    lr: float = 5e-4,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the weights (search, fine-tuning, QAT).")] = 1e-3,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "auto",
     seed: int = 0,
