@@ -11,7 +11,7 @@ integer reference over the whole test set (the host C is bit-exact with it; the 
 that, and --emulate re-checks every point through the host C). Prints a table, writes
 bench/out/pareto_<model>.png and .json, and prints one JSON line last.
 
-    python bench/pareto.py --model resnet8 [--budgets 0.35,0.45] [--emulate] [--float-checkpoint F.pt]
+    python bench/pareto.py --model resnet8 [--budgets 0.35,0.47] [--emulate] [--float-checkpoint F.pt]
 
 The points of one protocol can be measured by several processes (one core each) and merged:
 
