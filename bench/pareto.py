@@ -44,6 +44,7 @@ from edgejpq.train import evaluate, load_float_checkpoint, save_float_checkpoint
 from edgejpq.zoo import build_model
 
 OUT = Path(__file__).parent / "out"
+METHODS = ("uniform", "uniform-8", "uniform-4", "uniform-2", "joint", "two-stage")
 
 
 def main() -> None:
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--budgets", default="0.35,0.47", help="flash budgets as fractions of uniform 8-bit")
-    parser.add_argument("--methods", default="uniform,joint,two-stage")
+    parser.add_argument("--methods", default="uniform,joint,two-stage",
+                        help=f"comma-separated, from {', '.join(METHODS)} (uniform: all three widths)")
     parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
                         help="run every point's test set through the host C and check it bit-exact (default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -80,6 +82,10 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     ds = load_dataset(args.data)
     target = load_target(args.target)
     if args.float_checkpoint is not None and args.float_checkpoint.exists():
@@ -134,9 +140,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         payload["points"].append(point)
         atomic_write_bytes(out, json.dumps(payload, indent=1).encode())  # a cut-short run keeps what it measured
 
-    methods = args.methods.split(",")
-    if "uniform" in methods:
-        for bits in (8, 4, 2):
+    for bits in (8, 4, 2):
+        if "uniform" in methods or f"uniform-{bits}" in methods:
             record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
                                                             finetune_epochs=args.uniform_epochs, seed=args.seed))
     for fraction in (float(f) for f in args.budgets.split(",")):
