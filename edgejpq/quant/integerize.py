@@ -120,8 +120,12 @@ def run_layer(layer: Layer, values: Mapping[str, torch.Tensor], graph: FloatGrap
             y = F.linear(x, w.reshape(w.shape[0], -1), b)
         else:
             top, bottom, left, right = layer.padding
-            x4 = F.pad(_spatial(x), (left, right, top, bottom))
-            y = F.conv2d(x4, w, b, stride=layer.stride, groups=x4.shape[1] if layer.depthwise else 1)
+            x4 = _spatial(x)
+            if top == bottom and left == right:  # the convolution pads: no padded copy to build and back-propagate
+                padding: tuple[int, int] = (top, left)
+            else:
+                x4, padding = F.pad(x4, (left, right, top, bottom)), (0, 0)
+            y = F.conv2d(x4, w, b, stride=layer.stride, padding=padding, groups=x4.shape[1] if layer.depthwise else 1)
             y = y.reshape(y.shape[0], *graph.shapes[layer.output])
         if layer.activation == "relu":
             y = F.relu(y)

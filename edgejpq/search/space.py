@@ -217,10 +217,14 @@ class SearchableGraph(nn.Module):
         for layer in self.graph.layers:
             if isinstance(layer, WeightedLayer):
                 i = self.index[layer.name]
-                y = run_layer(layer, values, self.graph, weight=self.mixed_weight(i, selections[i]),
-                              bias=self.biases[i])
+                weight, bias = self.mixed_weight(i, selections[i]), self.biases[i]
                 gate = keep[self.groups.layer_group[layer.name]]
-                y = y * gate.reshape((1, -1) + (1,) * (y.dim() - 2))
+                if gate.requires_grad:  # a searched gate learns from the gated output
+                    y = run_layer(layer, values, self.graph, weight=weight, bias=bias)
+                    y = y * gate.reshape((1, -1) + (1,) * (y.dim() - 2))
+                else:  # a fixed 0/1 gate zeroes a channel's weights: the same output, no full-size product
+                    weight = weight * gate.reshape((-1,) + (1,) * (weight.dim() - 1))
+                    y = run_layer(layer, values, self.graph, weight=weight, bias=bias * gate)
                 y = self._aq(layer.output, y)
             else:
                 y = run_layer(layer, values, self.graph)
