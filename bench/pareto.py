@@ -128,7 +128,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "latency_ms": round(result.cost.latency_ms, 3), "accuracy": result.accuracy_integer,
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1),
-                 "budget_flash_bytes": config.budgets.flash_bytes}
+                 "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary()}
         if args.emulate:
             from edgejpq.emulate.host import emulate_host
             from edgejpq.quant.integerize import quantize_input
@@ -136,7 +136,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
             with tempfile.TemporaryDirectory() as tmp:
                 emulation = emulate_host(result.model, quantize_input(result.model, ds.x_test), Path(tmp))
             point["host_c_bit_exact"] = emulation.bit_exact
-        console.print(f"{label}: {point}")
+        console.print(f"{label}: { {k: v for k, v in point.items() if k != 'plan'} }")
         payload["points"].append(point)
         atomic_write_bytes(out, json.dumps(payload, indent=1).encode())  # a cut-short run keeps what it measured
 
@@ -178,8 +178,11 @@ def _report(payload: dict, console: Console, out: Path) -> None:
                "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if emulate else [])
     for column in columns:
         table.add_column(column)
+    table.add_column("channels at 0/2/4/8 bits")
     for p in points:
-        table.add_row(*(f"{100 * p[c]:.2f}%" if c == "accuracy" else str(p.get(c)) for c in columns))
+        layers = p.get("plan", {}).values()
+        channels = "/".join(str(sum(layer[f"w{b}"] for layer in layers)) for b in (0, 2, 4, 8)) if layers else "-"
+        table.add_row(*(f"{100 * p[c]:.2f}%" if c == "accuracy" else str(p.get(c)) for c in columns), channels)
     console.print(table)
     uniform8 = next((p for p in points if p["label"] == "uniform-8"), None)
     payload["verdict"] = None if uniform8 is None else _verdict(points, uniform8)
