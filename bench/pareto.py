@@ -44,6 +44,7 @@ from edgejpq.train import evaluate, load_float_checkpoint, save_float_checkpoint
 from edgejpq.zoo import build_model
 
 OUT = Path(__file__).parent / "out"
+SPLIT = ("search_epochs", "finetune_epochs")  # per point: the protocol fixes only their sum's bound
 METHODS = ("uniform", "uniform-8", "uniform-4", "uniform-2", "joint", "two-stage")
 
 
@@ -114,7 +115,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
     uniform8_flash = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8)).flash_bytes
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("out", "combine", "methods", "budgets", "emulate")}
+                if k not in ("out", "combine", "methods", "budgets", "emulate", *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
                "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
@@ -128,7 +129,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "latency_ms": round(result.cost.latency_ms, 3), "accuracy": result.accuracy_integer,
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1),
-                 "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary()}
+                 "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
+                 **({k: getattr(args, k) for k in SPLIT} if method != "uniform" else {})}
         if args.emulate:
             from edgejpq.emulate.host import emulate_host
             from edgejpq.quant.integerize import quantize_input
@@ -148,7 +150,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         budget = Budgets(flash_bytes=int(fraction * uniform8_flash))
         for method in ("joint", "two-stage"):
             if method in methods:
-                record(method, f"{method}@{fraction:.2f}", SearchConfig(
+                record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}", SearchConfig(
                     method=method, search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
                     budgets=budget, seed=args.seed))
     payload["complete"] = True
@@ -158,6 +160,13 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
 def _combine(files: list[Path]) -> dict:
     """One payload from the JSONs of several processes that ran parts of the same protocol."""
     parts = [json.loads(f.read_text()) for f in files]
+    for part in parts:  # a point records its own search / fine-tune split (older files: in the protocol)
+        split = {k: part["protocol"].pop(k) for k in SPLIT if k in part["protocol"]}
+        for point in part["points"]:
+            if point["method"] != "uniform":
+                point.update({**split, **{k: point[k] for k in SPLIT if k in point}})
+                if " " not in point["label"]:
+                    point["label"] += f" {point['search_epochs']}+{point['finetune_epochs']}"
     first = parts[0]
     for f, part in zip(files, parts):
         for key in ("model", "data", "target", "protocol", "uniform8_flash_bytes"):
