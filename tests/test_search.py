@@ -21,7 +21,8 @@ from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
 from edgejpq.quant.integerize import calibrate
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
-from edgejpq.search.run import Budgets, Evaluator, SearchConfig, metric_value, minimal_plan, repair, run_search
+from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, magnitude_pruned_plan, metric_value, minimal_plan,
+                                repair, run_search)
 from edgejpq.search.space import SearchableGraph, fake_quant_activation
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
@@ -200,6 +201,59 @@ def test_unreachable_budget_names_it_and_the_smallest_figure():
     with pytest.raises(EdgejpqError, match=r"the ram budget .* cannot be met: the uniform 8-bit model needs"):
         run_search(graph, ds, load_target("cortex-m4"),
                    SearchConfig(method="uniform", budgets=Budgets(ram_bytes=64)))
+
+
+@pytest.mark.unit
+def test_two_stage_pruning_removes_the_smallest_channels_of_every_group_alike():
+    torch.manual_seed(0)
+    graph = build_float_graph(build_model("zoo:resnet8", (1, 8, 8), 10), (1, 8, 8))
+    space = SearchableGraph(graph, channel_groups(graph), choices=(8,))
+    small = {}
+    with torch.no_grad():
+        for g in space.groups.prunable:  # a quarter of each group's channels made small in every member
+            small[g.index] = set(torch.randperm(g.channels, generator=torch.Generator().manual_seed(g.index))
+                                 [: g.channels // 4].tolist())
+            for name in g.members:
+                space.weights[space.index[name]][sorted(small[g.index])] *= 0.01
+    target = load_target("cortex-m4")
+    ev = _evaluator(graph, (1, 8, 8), target)
+    full = ev.cost(uniform_plan(graph, 8)).flash_bytes
+    budget = Budgets(flash_bytes=int(0.8 * full))
+    plan = magnitude_pruned_plan(space, budget, ev)
+    assert ev.cost(plan).flash_bytes <= budget.flash_bytes
+    fractions = []
+    for g in space.groups.prunable:
+        bits = plan.layers[g.members[0]].bits
+        pruned = {c for c, b in enumerate(bits) if b == 0}
+        assert pruned and pruned <= small[g.index], g.members  # the small ones go, and only they
+        assert set(bits) <= {0, 8}
+        fractions.append(len(pruned) / g.channels)
+    assert max(fractions) - min(fractions) <= 0.1  # no group emptied because its channels were cheap
+
+
+def test_two_stage_needs_a_budget():
+    ds = load_dataset("digits")
+    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
+    with pytest.raises(EdgejpqError, match="two-stage prunes to a budget"):
+        run_search(graph, ds, load_target("cortex-m4"), SearchConfig(method="two-stage", strength=1.0))
+
+
+@pytest.mark.slow
+def test_two_stage_prunes_to_the_budget_and_keeps_accuracy():
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    model = build_model("zoo:cnn", ds.input_shape, ds.num_classes)
+    train_float(model, ds, epochs=6, lr=1e-2, batch_size=32)
+    graph = build_float_graph(model, ds.input_shape)
+    target = load_target("cortex-m4")
+    full = Evaluator(graph, calibrate(graph, ds.x_train[:256]), target).cost(uniform_plan(graph, 8))
+    budget = Budgets(flash_bytes=int(0.75 * full.flash_bytes))
+    result = run_search(graph, ds, target, SearchConfig(method="two-stage", search_epochs=2, finetune_epochs=1,
+                                                        batch_size=32, budgets=budget))
+    assert result.cost.flash_bytes <= budget.flash_bytes
+    assert any(lp.kept < len(lp.bits) for lp in result.plan.layers.values())  # it pruned
+    assert result.accuracy_integer >= result.accuracy_float - 0.08
+    assert [r.stage for r in result.history] == ["prune", "precision", "finetune"]
 
 
 @pytest.fixture(scope="module")

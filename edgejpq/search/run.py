@@ -3,8 +3,10 @@
 Methods (same data, same epochs, same export):
   joint      per-channel keep/prune and 2/4/8-bit choices searched together, then fine-tuned;
   uniform    every channel at `bits`, quantization-aware training for all the epochs;
-  two-stage  pruning searched first (at 8 bits) for half the search epochs, then bit-widths
-             for the other half with the pruning frozen (prune-then-quantize), then fine-tuned.
+  two-stage  structured magnitude pruning at 8 bits to the budgets (the same fraction of every
+             group, its smallest channels; the exact cost model decides), retrained for half the
+             search epochs, then bit-widths searched for the other half with the pruning frozen
+             (prune-then-quantize), then fine-tuned.
 After the search the discrete plan is repaired with the exact cost model (the exporter itself)
 until every budget holds; an unreachable budget is refused before any training, naming it and
 the smallest figure reachable.
@@ -155,6 +157,37 @@ def check_reachable(evaluator: Evaluator, plan: PrecisionPlan, budgets: Budgets,
         if value > budget:
             raise EdgejpqError(f"the {metric} budget of {_unit(metric, budget)} cannot be met: {what} needs "
                                f"{_unit(metric, value)}")
+
+
+def magnitude_pruned_plan(space: SearchableGraph, budgets: Budgets, evaluator: Evaluator,
+                          bisections: int = 16) -> PrecisionPlan:
+    """Structured magnitude pruning at 8 bits: every prunable group keeps the same fraction of its
+    channels, its largest-magnitude ones, at the largest fraction under which every budget holds
+    (bisection on the exact cost). One fraction for all: a group whose channels are cheap to drop
+    (a residual stream feeding two layers) is not emptied first."""
+    order = [torch.argsort(m, descending=True).tolist() for m in space.channel_magnitudes()]
+
+    def plan_at(fraction: float) -> PrecisionPlan:
+        layers = {}
+        for g in space.groups.groups:
+            kept = g.channels if g.fixed else max(1, round(fraction * g.channels))
+            keep = set(order[g.index][:kept])
+            for name in g.members:
+                layers[name] = LayerPlan(tuple(8 if c in keep else 0 for c in range(g.channels)))
+        return PrecisionPlan(layers)
+
+    def fits(plan: PrecisionPlan) -> bool:
+        report = evaluator.cost(plan)
+        return all(metric_value(report, m) <= b for m, b in budgets.items())
+
+    if fits(plan_at(1.0)):
+        return plan_at(1.0)
+    check_reachable(evaluator, plan_at(0.0), budgets, "the smallest 8-bit plan (one channel per group)")
+    low, high = 0.0, 1.0  # the plan fits at low, not at high
+    for _ in range(bisections):
+        mid = (low + high) / 2
+        low, high = (mid, high) if fits(plan_at(mid)) else (low, mid)
+    return plan_at(low)
 
 
 # --------------------------------------------------------------------------- training
@@ -400,12 +433,15 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "search", config.search_epochs, search=True, cost_model=cost_model)
         elif config.method == "two-stage":
+            if not config.budgets.items():
+                raise EdgejpqError("--method two-stage prunes to a budget: give --flash, --ram or --latency-ms")
             first = config.search_epochs // 2
             pruning = SearchableGraph(graph, groups, choices=(8,))
-            trainer.run(pruning, "prune", first, search=True,
-                        cost_model=CostModel(pruning, target, evaluator.model(full), evaluator.ranges))
+            pruned = magnitude_pruned_plan(pruning, config.budgets, evaluator)
+            pruning.freeze(pruned)
+            trainer.run(pruning, "prune", first, search=False, cost_model=None)
             space = SearchableGraph(pruning.trained_graph(), groups, choices=choices)
-            space.freeze_keep_only(pruning.discrete_plan())
+            space.freeze_keep_only(pruned)
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
         else:

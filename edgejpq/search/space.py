@@ -135,6 +135,20 @@ class SearchableGraph(nn.Module):
             return [self._one_hot_bits(b) for b in self.frozen_bits]
         return [torch.softmax(logits / self.temperature, dim=1) for logits in self.bit_logits]
 
+    def channel_magnitudes(self) -> list[torch.Tensor]:
+        """Per group, each channel's mean |w| over its layer's mean, summed over the group's layers: the
+        score structured magnitude pruning ranks filters by (Li et al., 2017)."""
+        out = []
+        with torch.no_grad():
+            for g in self.groups.groups:
+                score = torch.zeros(g.channels)
+                for name in g.members:
+                    w = self.weights[self.index[name]].detach().cpu()
+                    norms = w.abs().reshape(w.shape[0], -1).mean(dim=1)
+                    score += norms / norms.mean().clamp_min(1e-12)
+                out.append(score)
+        return out
+
     def _one_hot_bits(self, bits: torch.Tensor) -> torch.Tensor:
         table = torch.tensor(self.choices, device=bits.device)
         return (bits[:, None] == table[None, :]).float()
