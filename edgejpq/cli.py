@@ -752,18 +752,19 @@ def search(
     from edgejpq.search.sweep import pareto_point, sweep_points, write_sweep
     from edgejpq.train import save_float_checkpoint, train_float
 
-    if method not in ("joint", "uniform", "two-stage"):
-        raise EdgejpqError(f"--method {method!r}: use joint, uniform or two-stage")
     if objective not in ("flash", "ram", "latency"):
         raise EdgejpqError(f"--objective {objective!r}: use flash, ram or latency")
-    if method == "uniform" and bits not in (2, 4, 8):
-        raise EdgejpqError(f"--bits {bits}: use 8, 4 or 2")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise EdgejpqError("--device cuda: no CUDA device is available here (use cpu or auto)")
     spec = load_target(target)
     points = sweep_points(flash, ram, latency_ms, strength, parse_size)
+    # a bad method, bit-width or missing budget is refused here, before any data is loaded or trained
+    configs = [SearchConfig(method=method, bits=bits, search_epochs=epochs,  # type: ignore[arg-type]
+                            finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
+                            budgets=point.budgets, lr=lr, batch_size=batch_size, seed=seed, device=device)
+               for point in points]
     if output.exists() and not output.is_dir():
         raise EdgejpqError(f"{output}: exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
@@ -785,13 +786,10 @@ def search(
             save_float_checkpoint(float_path, net, model_spec=model_spec, data_spec=data, input_shape=ds.input_shape,
                                   num_classes=ds.num_classes, history=history)
     pareto: list[dict[str, Any]] = []
-    for point in points:
+    for point, config in zip(points, configs):
         run_dir = output / point.label if point.label else output
         budgets = point.budgets
         graph = build_float_graph(copy.deepcopy(net), ds.input_shape)
-        config = SearchConfig(method=method, bits=bits, search_epochs=epochs, finetune_epochs=finetune_epochs,  # type: ignore[arg-type]
-                              strength=point.strength, objective=objective, budgets=budgets, lr=lr,  # type: ignore[arg-type]
-                              batch_size=batch_size, seed=seed, device=device)
         with _progress() as progress:
             task = progress.add_task(f"{method} search{' ' + point.label if point.label else ''}",
                                      total=epochs + finetune_epochs)

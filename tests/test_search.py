@@ -231,13 +231,6 @@ def test_two_stage_pruning_removes_the_smallest_channels_of_every_group_alike():
     assert max(fractions) - min(fractions) <= 0.1  # no group emptied because its channels were cheap
 
 
-def test_two_stage_needs_a_budget():
-    ds = load_dataset("digits")
-    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
-    with pytest.raises(EdgejpqError, match="two-stage prunes to a budget"):
-        run_search(graph, ds, load_target("cortex-m4"), SearchConfig(method="two-stage", strength=1.0))
-
-
 @pytest.mark.slow
 def test_two_stage_prunes_to_the_budget_and_keeps_accuracy():
     torch.manual_seed(0)

@@ -79,6 +79,14 @@ class SearchConfig:
     temperature: tuple[float, float] = (0.1, 0.01)
     eval_samples: int = 2000  # test samples scored after every epoch
 
+    def __post_init__(self) -> None:
+        if self.method not in ("joint", "uniform", "two-stage"):
+            raise EdgejpqError(f"method {self.method!r}: use joint, uniform or two-stage")
+        if self.method == "uniform" and self.bits not in (2, 4, 8):
+            raise EdgejpqError(f"uniform bits {self.bits}: use 8, 4 or 2")
+        if self.method == "two-stage" and not self.budgets.items():
+            raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --ram or --latency-ms)")
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -432,9 +440,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             space = SearchableGraph(graph, groups, choices=choices)
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "search", config.search_epochs, search=True, cost_model=cost_model)
-        elif config.method == "two-stage":
-            if not config.budgets.items():
-                raise EdgejpqError("--method two-stage prunes to a budget: give --flash, --ram or --latency-ms")
+        else:  # two-stage
             first = config.search_epochs // 2
             pruning = SearchableGraph(graph, groups, choices=(8,))
             pruned = magnitude_pruned_plan(pruning, config.budgets, evaluator)
@@ -444,8 +450,6 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             space.freeze_keep_only(pruned)
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
-        else:
-            raise EdgejpqError(f"unknown method {config.method!r}: use joint, uniform or two-stage")
         space.frozen_keep = None if config.method == "joint" else space.frozen_keep
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator,
                                     CostModel(space, target, evaluator.model(full), evaluator.ranges))
