@@ -161,23 +161,16 @@ def test_search_sweep_writes_one_run_per_budget_and_a_pareto_plot(pipeline, tmp_
     assert json.loads((out / "sweep.json").read_text()) == payload["sweep"]
 
 
-def test_search_refuses_a_bad_method_before_any_work(tmp_path):
-    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--method", "two-stage", "--strength", "1",
-               "-o", str(tmp_path / "s"))
-    assert_user_error(proc, r"method two-stage prunes to a budget: give one \(--flash, --ram or --latency-ms\)")
-    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--method", "greedy", "-o", str(tmp_path / "s"))
-    assert_user_error(proc, r"method 'greedy': use joint, uniform or two-stage")
-    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--method", "uniform", "--bits", "3",
-               "-o", str(tmp_path / "s"))
-    assert_user_error(proc, r"uniform bits 3: use 8, 4 or 2")
+@pytest.mark.parametrize("options, pattern", [
+    (["--flash", "9KiB,13KiB", "--strength", "1,2"], r"sweep one option at a time: --flash and --strength"),
+    (["--flash", "9KiB,9KiB"], r"--flash 9KiB,9KiB: a value is listed twice"),
+    (["--latency-ms", "fast"], r"--latency-ms 'fast': expected a number"),
+    (["--method", "two-stage", "--strength", "1"],
+     r"method two-stage prunes to a budget: give one \(--flash, --ram or --latency-ms\)"),
+    (["--method", "greedy"], r"method 'greedy': use joint, uniform or two-stage"),
+    (["--method", "uniform", "--bits", "3"], r"uniform bits 3: use 8, 4 or 2"),
+])
+def test_search_refuses_bad_options_before_any_work(tmp_path, options, pattern):
+    proc = run("search", "--model", "zoo:cnn", "--data", "digits", *options, "-o", str(tmp_path / "s"))
+    assert_user_error(proc, pattern)
     assert not (tmp_path / "s").exists()
-
-
-def test_search_sweeps_one_option_at_a_time(tmp_path):
-    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--flash", "9KiB,13KiB", "--strength", "1,2",
-               "-o", str(tmp_path / "s"))
-    assert_user_error(proc, r"sweep one option at a time: --flash and --strength")
-    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--flash", "9KiB,9KiB", "-o", str(tmp_path / "s"))
-    assert_user_error(proc, r"--flash 9KiB,9KiB: a value is listed twice")
-    proc = run("search", "--model", "zoo:cnn", "--data", "digits", "--latency-ms", "fast", "-o", str(tmp_path / "s"))
-    assert_user_error(proc, r"--latency-ms 'fast': expected a number")

@@ -231,8 +231,9 @@ def test_two_stage_pruning_removes_the_smallest_channels_of_every_group_alike():
     assert max(fractions) - min(fractions) <= 0.1  # no group emptied because its channels were cheap
 
 
-@pytest.mark.slow
-def test_two_stage_prunes_to_the_budget_and_keeps_accuracy():
+@pytest.fixture(scope="module")
+def digits_float():
+    """A float CNN trained on digits, its graph, the target and its uniform 8-bit cost."""
     torch.manual_seed(0)
     ds = load_dataset("digits")
     model = build_model("zoo:cnn", ds.input_shape, ds.num_classes)
@@ -240,6 +241,12 @@ def test_two_stage_prunes_to_the_budget_and_keeps_accuracy():
     graph = build_float_graph(model, ds.input_shape)
     target = load_target("cortex-m4")
     full = Evaluator(graph, calibrate(graph, ds.x_train[:256]), target).cost(uniform_plan(graph, 8))
+    return ds, graph, target, full
+
+
+@pytest.mark.slow
+def test_two_stage_prunes_to_the_budget_and_keeps_accuracy(digits_float):
+    ds, graph, target, full = digits_float
     budget = Budgets(flash_bytes=int(0.75 * full.flash_bytes))
     result = run_search(graph, ds, target, SearchConfig(method="two-stage", search_epochs=2, finetune_epochs=1,
                                                         batch_size=32, budgets=budget))
@@ -250,14 +257,8 @@ def test_two_stage_prunes_to_the_budget_and_keeps_accuracy():
 
 
 @pytest.fixture(scope="module")
-def digits_search():
-    torch.manual_seed(0)
-    ds = load_dataset("digits")
-    model = build_model("zoo:cnn", ds.input_shape, ds.num_classes)
-    train_float(model, ds, epochs=6, lr=1e-2, batch_size=32)
-    graph = build_float_graph(model, ds.input_shape)
-    target = load_target("cortex-m4")
-    full = Evaluator(graph, calibrate(graph, ds.x_train[:256]), target).cost(uniform_plan(graph, 8))
+def digits_search(digits_float):
+    ds, graph, target, full = digits_float
     budget = Budgets(flash_bytes=int(0.6 * full.flash_bytes))
     result = run_search(graph, ds, target, SearchConfig(search_epochs=3, finetune_epochs=1, batch_size=32,
                                                         budgets=budget))
