@@ -232,9 +232,10 @@ class SearchableGraph(nn.Module):
             if isinstance(layer, WeightedLayer):
                 i = self.index[layer.name]
                 weight, bias = self.mixed_weight(i, selections[i]), self.biases[i]
-                gate = keep[self.groups.layer_group[layer.name]]
-                if gate.requires_grad:  # a searched gate learns from the gated output
-                    y = run_layer(layer, values, self.graph, weight=weight, bias=bias)
+                group = self.groups.group_of(layer.name)
+                gate = keep[group.index]
+                if self.frozen_keep is None and not group.fixed and self.prune:  # a searched gate: it learns
+                    y = run_layer(layer, values, self.graph, weight=weight, bias=bias)  # from the gated output
                     y = y * gate.reshape((1, -1) + (1,) * (y.dim() - 2))
                 else:  # a fixed 0/1 gate zeroes a channel's weights: the same output, no full-size product
                     weight = weight * gate.reshape((-1,) + (1,) * (weight.dim() - 1))
