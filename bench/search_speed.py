@@ -81,12 +81,8 @@ def main() -> None:
     trainer = Trainer(sliced, target, config, evaluator, None)
     groups = channel_groups(graph)
 
-    def quantization_aware(plan_graph: SearchableGraph, plan) -> SearchableGraph:  # as run_search fine-tunes
-        plan_graph.freeze(plan)
-        plan_graph.enable_activation_quant(calibrate(plan_graph.trained_graph(), calib, plan))
-        return plan_graph
-
-    uniform = quantization_aware(SearchableGraph(graph, groups), full)
+    uniform = SearchableGraph(graph, groups)
+    uniform.prepare_finetune(full, calib)
     joint = SearchableGraph(graph, groups)
     cost_model = CostModel(joint, target, evaluator.model(full), evaluator.ranges)
     finetune: SearchableGraph | None = None
@@ -102,7 +98,8 @@ def main() -> None:
             else:
                 if finetune is None:
                     finetune_plan = joint.discrete_plan()
-                    finetune = quantization_aware(SearchableGraph(joint.trained_graph(), groups), finetune_plan)
+                    finetune = SearchableGraph(joint.trained_graph(), groups)
+                    finetune.prepare_finetune(finetune_plan, calib)
                 trainer.run(finetune, "finetune", 1, search=False, cost_model=None)
             seconds[kind].append((time.perf_counter() - start) / args.batches)
             console.print(f"round {r + 1}/{args.rounds} {kind}: {1000 * seconds[kind][-1]:.0f} ms per batch")

@@ -188,8 +188,9 @@ def magnitude_pruned_plan(space: SearchableGraph, budgets: Budgets, evaluator: E
         report = evaluator.cost(plan)
         return all(metric_value(report, m) <= b for m, b in budgets.items())
 
-    if fits(plan_at(1.0)):
-        return plan_at(1.0)
+    whole = plan_at(1.0)
+    if fits(whole):
+        return whole
     check_reachable(evaluator, plan_at(0.0), budgets, "the smallest 8-bit plan (one channel per group)")
     low, high = 0.0, 1.0  # the plan fits at low, not at high
     for _ in range(bisections):
@@ -458,9 +459,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps)
 
     # quantization-aware fine-tuning of the discrete plan, activation ranges learned
-    space.freeze(plan)
-    trained = space.trained_graph()
-    space.enable_activation_quant(calibrate(trained, calib, plan))
+    space.prepare_finetune(plan, calib)
     trainer.run(space, "finetune", finetune_epochs, search=False, cost_model=None)
     trained = space.trained_graph()
     ranges = space.activation_ranges() if finetune_epochs > 0 else calibrate(trained, calib, plan)

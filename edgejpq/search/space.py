@@ -22,13 +22,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
 from edgejpq.plan import LayerPlan, PrecisionPlan
-from edgejpq.quant.integerize import run_layer
-from edgejpq.search.groups import ChannelGroups
+from edgejpq.quant.integerize import calibrate, run_layer
+from edgejpq.search.groups import ChannelGroup, ChannelGroups
 
 KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
 
@@ -153,13 +154,17 @@ class SearchableGraph(nn.Module):
         table = torch.tensor(self.choices, device=bits.device)
         return (bits[:, None] == table[None, :]).float()
 
+    def _searched(self, g: ChannelGroup) -> bool:
+        """Whether the group's keep gate is a searched choice (else a fixed 0/1 constant)."""
+        return self.frozen_keep is None and not g.fixed and self.prune
+
     def _keep_masks(self) -> list[torch.Tensor]:
         probs = self.keep_probabilities()
         if self.soft or self.frozen_keep is not None:
             return probs
         masks = []
         for g, logits, p in zip(self.groups.groups, self.keep_logits, probs):
-            if g.fixed or not self.prune:
+            if not self._searched(g):
                 masks.append(p)
                 continue
             noise = 0.0
@@ -187,6 +192,12 @@ class SearchableGraph(nn.Module):
         return out
 
     # ------------------------------------------------------------------ forward
+
+    def prepare_finetune(self, plan: PrecisionPlan, calibration: np.ndarray) -> None:
+        """Fix every choice to `plan` and fake-quantize every integer tensor, with learnable ranges
+        calibrated on the trained weights: quantization-aware fine-tuning (and uniform QAT)."""
+        self.freeze(plan)
+        self.enable_activation_quant(calibrate(self.trained_graph(), calibration, plan))
 
     def enable_activation_quant(self, ranges: Mapping[str, tuple[float, float]]) -> None:
         """Fake-quantize every integer tensor with learnable ranges initialised from `ranges`."""
@@ -234,8 +245,8 @@ class SearchableGraph(nn.Module):
                 weight, bias = self.mixed_weight(i, selections[i]), self.biases[i]
                 group = self.groups.group_of(layer.name)
                 gate = keep[group.index]
-                if self.frozen_keep is None and not group.fixed and self.prune:  # a searched gate: it learns
-                    y = run_layer(layer, values, self.graph, weight=weight, bias=bias)  # from the gated output
+                if self._searched(group):  # a searched gate learns from the gated output
+                    y = run_layer(layer, values, self.graph, weight=weight, bias=bias)
                     y = y * gate.reshape((1, -1) + (1,) * (y.dim() - 2))
                 else:  # a fixed 0/1 gate zeroes a channel's weights: the same output, no full-size product
                     weight = weight * gate.reshape((-1,) + (1,) * (weight.dim() - 1))
