@@ -10,7 +10,9 @@ with the target's latency table, then generated, cross-compiled and run in QEMU
   - instructions per inference: the predicted cycles / the calibrated cycles per instruction
     (latency.calibration.cycles_per_instruction) vs the exact count;
   - weight bytes (flash) and arena bytes (RAM): the model's vs the linked ELF's (the packed weight
-    arrays, the `<name>_arena` symbol). The DSP kernels' scratch buffer, the stack and the extra
+    arrays, the `<name>_arena` symbol);
+  - code bytes: the cost model's estimate (targets/*.yaml code_size) vs the linked model code,
+    kernels and runtime routines (edgejpq.emulate.qemu.FirmwareSizes). The DSP kernels' scratch buffer, the stack and the extra
     constants the generator precomputes are reported apart: the cost model does not count them.
 Issue requirement: instructions within +-10% for every model and plan; weights and arena equal.
 Prints a table and, last, one JSON line; writes bench/out/cost_fidelity_<target>.json.
@@ -129,6 +131,8 @@ def measure(case: Case, target: TargetSpec, root: Path, samples: int) -> dict[st
         "arena_bytes": symbols.get(f"{name}_arena", 0), "predicted_arena_bytes": predicted.arena_bytes,
         "scratch_bytes": symbols.get(f"{name}_scratch", 0), "stack_bytes": result.run.stack_bytes,
         "constant_bytes": result.sizes.constant_bytes, "predicted_constant_bytes": predicted.constant_bytes,
+        "code_bytes": result.sizes.model_code_bytes + result.sizes.kernel_code_bytes + result.sizes.runtime_bytes,
+        "predicted_code_bytes": predicted.code_bytes,
         "layers": layers,
     }
 
@@ -154,7 +158,7 @@ def main() -> None:
     table = Table(title=f"cost model vs firmware on {target.name} (QEMU {target.qemu.machine}, latency table "
                         f"{'calibrated' if calibrated else 'NOT calibrated: initial estimate'})", title_justify="left")
     for col in ("model", "plan", "MACs", "instr. measured", "instr. predicted", "error", "cycles est.",
-                "cycles predicted", "error", "weights (fw / model)", "arena (fw / model)", "scratch", "stack", "check"):
+                "cycles predicted", "error", "weights (fw / model)", "arena (fw / model)", "code (fw / est.)", "scratch", "stack", "check"):
         table.add_column(col, justify="left" if col in ("model", "plan", "check") else "right")
     for r in rows:
         ok_insns = r["instructions_error"] is not None and abs(r["instructions_error"]) <= TOLERANCE
@@ -167,7 +171,8 @@ def main() -> None:
                       f"{100 * r['instructions_error']:+.1f}%" if r["instructions_error"] is not None else "n/a",
                       f"{r['cycles_estimate']:,}", f"{r['predicted_cycles']:,}", f"{100 * r['cycles_error']:+.1f}%",
                       f"{r['weight_bytes']:,} / {r['predicted_weight_bytes']:,}",
-                      f"{r['arena_bytes']:,} / {r['predicted_arena_bytes']:,}", f"{r['scratch_bytes']:,}",
+                      f"{r['arena_bytes']:,} / {r['predicted_arena_bytes']:,}",
+                      f"{r['code_bytes']:,} / {r['predicted_code_bytes']:,}", f"{r['scratch_bytes']:,}",
                       f"{r['stack_bytes']:,}", "ok" if not problems else "MISSED: " + ", ".join(problems))
     console.print(table)
     errors = [abs(r["instructions_error"]) for r in rows if r["instructions_error"] is not None]
@@ -184,6 +189,7 @@ def main() -> None:
                                        and abs(r["instructions_error"]) <= TOLERANCE),
                "weights_equal": all(r["weight_bytes"] == r["predicted_weight_bytes"] for r in rows),
                "arena_equal": all(r["arena_bytes"] == r["predicted_arena_bytes"] for r in rows),
+               "max_abs_code_error": max(abs(r["predicted_code_bytes"] / r["code_bytes"] - 1.0) for r in rows),
                "all_requirements_met": all(r["meets_requirement"] for r in rows), "results": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(OUT / f"cost_fidelity_{target.name}.json", (json.dumps(summary, indent=1) + "\n").encode())

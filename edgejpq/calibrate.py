@@ -51,6 +51,7 @@ from edgejpq.quant.packing import pack_rows, value_range
 
 if TYPE_CHECKING:
     from edgejpq.cost.model import Geometry
+    from edgejpq.emulate.qemu import FirmwareSizes
     from edgejpq.cost.target import InstructionCycles, TargetSpec
 
 WEIGHTED_KINDS = ("conv2d", "pointwise_conv2d", "depthwise_conv2d", "fully_connected")
@@ -826,7 +827,7 @@ def calibrated_text(source_text: str, target: "TargetSpec", fit: LatencyFit,
     lines = source_text.splitlines()
     start, end = _section(lines, "latency", target.where)
     instruction_cycles = _sub_block(lines[start:end], "instruction_cycles")
-    date = date or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    date = date or _now()
     block = latency_block(fit, target, measurements, grid, emulator, compiler, date, instruction_cycles)
     return "\n".join([*lines[:start], *block, *lines[end:]]) + "\n"
 
@@ -843,29 +844,161 @@ def write_calibration(output: Path, text: str) -> "TargetSpec":
     return load_target_file(output)
 
 
+# --------------------------------------------------------------------------- code size
+
+
+def kernel_function(case: KernelCase) -> str:
+    """The C kernel function the measured layer of `case` calls (codegen.lower.KERNEL_SOURCES)."""
+    if case.kind == "fully_connected":
+        return f"ejq_fc_s8_w{case.bits}"
+    if case.weighted:
+        return f"ejq_{'dwconv2d' if case.kind == 'depthwise_conv2d' else 'conv2d'}_s8_w{case.bits}"
+    return {"maxpool": "ejq_maxpool_s8", "avgpool": "ejq_avgpool_s8", "add": "ejq_add_s8",
+            "concat": "ejq_concat_requant_s8", "copy": "ejq_copy_s8"}[case.kind]
+
+
+def kernel_family(case: KernelCase) -> str:
+    """The key of `case`'s kernel in code_size.per_kernel_bytes (edgejpq.cost.model.kernel_names)."""
+    if case.weighted:
+        family = {"pointwise_conv2d": "conv2d"}.get(case.kind, case.kind)  # one conv kernel serves both
+        return f"{family}_w{case.bits}"
+    return {"maxpool": "max_pool", "avgpool": "avg_pool"}.get(case.kind, case.kind)
+
+
+def code_size_cases() -> list[KernelCase]:
+    """One one-layer model per kernel family x bit-width (its object's linked bytes), and layers of several
+    weight runs (the per-run bytes of the model code)."""
+    cases: list[KernelCase] = []
+    for bits in BITS:
+        cases += [conv_case("conv2d", (8, 8, 16), 16, bits), conv_case("depthwise_conv2d", (8, 8, 16), 0, bits),
+                  fc_case(64, 16, bits)]
+    cases += [*_MIXED[:8], *(case for case in _STRUCTURE if len(case.mix) > 4)]
+    return cases + _elementwise_cases(((8, 8, 16),))
+
+
+@dataclass(frozen=True)
+class CodeSizeFit:
+    """Measured flash of the generated code: what targets/*.yaml code_size holds."""
+
+    base_bytes: int  # the fit's intercept plus the largest runtime-library share seen
+    per_layer_bytes: int
+    per_weight_run_bytes: int
+    per_kernel_bytes: dict[str, int]  # family -> its kernel object's linked bytes
+    builds: int
+    max_model_code_error: int  # bytes: the model-code fit's largest miss over the builds
+
+    @property
+    def default_kernel_bytes(self) -> int:
+        return max(self.per_kernel_bytes.values())
+
+
+def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
+                      on_done: Optional[Callable[[KernelCase], None]] = None) -> CodeSizeFit:
+    """Link `code_size_cases` with the target's flags and kernel set and read the linker map.
+
+    Each kernel's bytes are its object's sections kept by the link (--gc-sections drops what the
+    layer does not call); the model code (`<name>_model.c`: invoke, parameter structs, run tables) is
+    fitted as base + per layer + per weight run by least squares; the runtime library routines
+    the kernels pull in go into the base."""
+    from codegen.generate import generate_sources
+    from codegen.lower import KERNEL_SOURCES
+    from edgejpq.emulate.qemu import build_qemu
+
+    check_calibratable(target)
+    cases = code_size_cases()
+    workdir = Path(workdir)
+
+    def one(item: tuple[int, KernelCase]) -> tuple[KernelCase, QuantizedModel, "FirmwareSizes"]:
+        i, case = item
+        model = kernel_model(case)
+        folder = workdir / f"code{i:03d}"
+        sources = generate_sources(model, folder / "src", kernels=target.kernels)
+        sizes = build_qemu(model, sources, folder / "build", target).sizes
+        if on_done is not None:
+            on_done(case)
+        return case, model, sizes
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        builds = list(pool.map(one, enumerate(cases)))
+    kernels: dict[str, int] = {}
+    rows, model_code, runtime = [], [], 0
+    for case, model, sizes in builds:
+        obj = Path(KERNEL_SOURCES[kernel_function(case)]).with_suffix(".o").name
+        if obj not in sizes.kernels:
+            raise EdgejpqError(f"{case.label}: the firmware links no {obj} (linked: {', '.join(sizes.kernels)}); "
+                               f"this is a bug in edgejpq")
+        family = kernel_family(case)
+        kernels[family] = max(kernels.get(family, 0), sizes.kernels[obj])
+        runtime = max(runtime, sizes.runtime_bytes)
+        if case.kind != "copy":  # the copy case's reshape is a layer the cost model does not count
+            layers = sum(1 for op in model.ops if not isinstance(op, Reshape))
+            runs = sum(len(op.runs) for op in model.ops if isinstance(op, (Conv2D, FullyConnected)))
+            rows.append((1.0, float(layers), float(runs)))
+            model_code.append(float(sizes.model_code_bytes))
+    design, y = np.array(rows), np.array(model_code)
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    per_layer, per_run = (max(0, math.ceil(c)) for c in coef[1:])
+    intercept = max(0, math.ceil(float(np.max(y - design[:, 1] * per_layer - design[:, 2] * per_run))))
+    miss = int(np.max(np.abs(intercept + design[:, 1] * per_layer + design[:, 2] * per_run - y)))
+    return CodeSizeFit(intercept + runtime, per_layer, per_run, dict(sorted(kernels.items())), len(builds), miss)
+
+
+def code_size_block(fit: CodeSizeFit, target: "TargetSpec", compiler: str, date: str) -> list[str]:
+    """The `code_size:` section of a target file holding `fit` (YAML lines)."""
+    source = (f"measured by `edgejpq calibrate --target {target.name}` on {date} (edgejpq {__version__}): "
+              f"{fit.builds} one-layer models linked with this file's compiler flags ({compiler}), the "
+              f"{target.kernels} kernels and -Wl,--gc-sections. A kernel's bytes are its object's sections the "
+              f"link keeps (code and its constants); layer and run bytes are a least-squares fit of the "
+              f"generated model code (invoke, parameter structs, run tables; largest miss {fit.max_model_code_error} "
+              f"bytes), rounded up; base_bytes adds the runtime library routines the kernels call.")
+    width = max(len(k) for k in fit.per_kernel_bytes) + 1
+    return ["code_size:", "  measured: true", *_folded("source", source, 2),
+            f"  base_bytes: {fit.base_bytes}",
+            f"  per_layer_bytes: {fit.per_layer_bytes}",
+            f"  per_weight_run_bytes: {fit.per_weight_run_bytes}",
+            "  per_kernel_bytes:",
+            *(f"    {(k + ':').ljust(width)} {v}" for k, v in fit.per_kernel_bytes.items()),
+            f"  default_kernel_bytes: {fit.default_kernel_bytes}"]
+
+
+def code_size_text(source_text: str, target: "TargetSpec", fit: CodeSizeFit, compiler: str,
+                   date: Optional[str] = None) -> str:
+    """The target file's text with its `code_size:` block replaced by `fit` and its provenance."""
+    lines = source_text.splitlines()
+    start, end = _section(lines, "code_size", target.where)
+    date = date or _now()
+    return "\n".join([*lines[:start], *code_size_block(fit, target, compiler, date), *lines[end:]]) + "\n"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
 # --------------------------------------------------------------------------- the whole job
 
 
 @dataclass(frozen=True)
 class CalibrationRun:
-    """What `calibrate_target` did: the measurements, the fit, the file written and the target it now holds."""
+    """What `calibrate_target` did: the measurements, the fits, the file written and the target it now holds."""
 
     target: "TargetSpec"  # as re-read from `output`
     output: Path
-    grid: str
-    fit: LatencyFit
+    grid: str  # "full", "quick", or "none" (code size only)
+    fit: Optional[LatencyFit]  # None when only the code size was measured
+    code: CodeSizeFit
     measurements: tuple[KernelMeasurement, ...]
     emulator: str
     compiler: str
     seconds: float
 
 
-def calibrate_target(target: "TargetSpec", output: Path, *, quick: bool = False, workers: int = 2,
-                     workdir: Optional[Path] = None, on_start: Optional[Callable[[int], None]] = None,
-                     on_done: Optional[Callable[[KernelMeasurement], None]] = None) -> CalibrationRun:
-    """Measure the grid in QEMU for `target`, fit its latency table and write the calibrated target file to `output`.
+def calibrate_target(target: "TargetSpec", output: Path, *, quick: bool = False, latency: bool = True,
+                     workers: int = 2, workdir: Optional[Path] = None, on_start: Optional[Callable[[int], None]] = None,
+                     on_done: Optional[Callable[[str], None]] = None) -> CalibrationRun:
+    """Measure `target`'s code size and (unless `latency` is False) its latency grid in QEMU, and write the
+    target file to `output`: `target`'s own file with its `code_size:` (and `latency:`) block replaced.
 
-    The written file is `target`'s own file (its path) with the `latency:` block replaced."""
+    `on_start` gets the number of builds, `on_done` the label of each finished one."""
     import tempfile
     import time
 
@@ -881,17 +1014,23 @@ def calibrate_target(target: "TargetSpec", output: Path, *, quick: bool = False,
         source_text = Path(target.path).read_text(encoding="utf-8")
     except OSError as exc:
         raise EdgejpqError(f"{target.where}: cannot read the target file ({exc.strerror})") from None
-    cases = quick_grid() if quick else calibration_grid()
+    cases = (quick_grid() if quick else calibration_grid()) if latency else []
     if on_start is not None:
-        on_start(len(cases))
+        on_start(len(cases) + len(code_size_cases()))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgejpq-calibrate-") as tmp:
-        measured = measure_cases(cases, target, Path(workdir or tmp), workers=workers, on_done=on_done)
-    fit = fit_latency(measured)
-    grid = "quick" if quick else "full"
-    emulator = f"{qemu_version()}, machine {target.qemu.machine}"  # type: ignore[union-attr]
+        root = Path(workdir or tmp)
+        code = measure_code_size(target, root / "code", workers,
+                                 on_done=None if on_done is None else lambda case: on_done(f"linked {case.label}"))
+        measured = measure_cases(cases, target, root, workers=workers,
+                                 on_done=None if on_done is None else lambda m: on_done(f"measured {m.case.label}"))
     compiler = compiler_version(tools.cc)
-    text = calibrated_text(source_text, target, fit, measured, grid, emulator, compiler)
+    emulator = f"{qemu_version()}, machine {target.qemu.machine}"  # type: ignore[union-attr]
+    text = code_size_text(source_text, target, code, compiler)
+    fit = fit_latency(measured) if latency else None
+    grid = ("quick" if quick else "full") if latency else "none"
+    if fit is not None:
+        text = calibrated_text(text, target, fit, measured, grid, emulator, compiler)
     written = write_calibration(output, text)
-    return CalibrationRun(written, output, grid, fit, tuple(measured), emulator, compiler,
-                       time.perf_counter() - start)
+    return CalibrationRun(written, output, grid, fit, code, tuple(measured), emulator, compiler,
+                          time.perf_counter() - start)

@@ -840,7 +840,8 @@ def search(
 
 
 @app.command(epilog="Examples: `edgejpq calibrate --target cortex-m4` (writes ./cortex-m4.yaml; then "
-                    "`--target ./cortex-m4.yaml` uses it); `edgejpq calibrate --target my.yaml -o my.yaml --quick --json`")
+                    "`--target ./cortex-m4.yaml` uses it); `edgejpq calibrate --target my.yaml -o my.yaml --quick --json`; "
+                    "`edgejpq calibrate --target cortex-m7 --code-size-only`")
 @user_errors
 def calibrate(
     target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path; it needs a QEMU "
@@ -849,35 +850,65 @@ def calibrate(
         "-o", "--output", help="Target file to write (default: ./TARGET.yaml). Use it with `--target PATH`.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A small grid of shapes (about 65 kernel runs instead of "
                                                         "160): a first look, a looser fit.")] = False,
+    code_size_only: Annotated[bool, typer.Option("--code-size-only", help="Measure only the code size (links, no "
+                                                                          "QEMU runs: a minute); keep the latency "
+                                                                          "table.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="QEMU builds and runs in parallel.")] = 2,
     holdout: Annotated[bool, typer.Option("--holdout", help="Then measure the hold-out shapes (in neither grid) and "
                                                             "report the written table's error on them.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure every kernel × bit-width over a grid of shapes in QEMU and fit the target's latency table.
+    """Measure the target's code size and its latency table: every kernel × bit-width, linked and run in QEMU.
 
-    Each kernel runs alone as a one-layer model built with the target's compiler flags and kernel set
-    (checked bit-exact); exact instruction counts become cycles with the target's
-    `latency.instruction_cycles`; a least-squares fit gives cycles per MAC and the overheads. The
-    target's file is written to `-o` with the fitted `latency:` block and its provenance
-    (`calibrated: true`, date, edgejpq, QEMU and compiler versions, measurements, fit error), never
-    into the installed package: pass `--target` that file to search with it, or copy its `latency:`
-    block into `targets/NAME.yaml` in a checkout to ship it.
+    Code size: every kernel × bit-width is linked as a one-layer model with the target's compiler
+    flags and kernel set; a kernel costs its object's linked bytes, and the model code (parameter
+    structs, run tables, calls) is fitted per layer and per weight run. Latency: each kernel runs
+    alone over a grid of shapes (checked bit-exact); exact instruction counts become cycles with the
+    target's `latency.instruction_cycles`; a least-squares fit gives cycles per MAC and the
+    overheads. The target's file is written to `-o` with the measured `code_size:` and fitted
+    `latency:` blocks and their provenance (date, edgejpq, QEMU and compiler versions, fit error),
+    never into the installed package: pass `--target` that file to search with it, or copy the
+    blocks into `targets/NAME.yaml` in a checkout to ship them.
     """
     from edgejpq.calibrate import calibrate_target, check_calibratable, fit_summary
     from edgejpq.cost.target import load_target
 
     spec = load_target(target)
     check_calibratable(spec)  # a QEMU machine and instruction timings, else a one-line error
+    if code_size_only and (quick or holdout):
+        raise EdgejpqError("--code-size-only measures no latency: drop --quick and --holdout")
     output = output if output is not None else Path(f"{spec.name}.yaml")
     _check_output_folder(output)
     with _progress() as progress:
-        task = progress.add_task(f"measuring kernels in QEMU {spec.qemu.machine}", total=None)  # type: ignore[union-attr]
+        task = progress.add_task(f"linking and measuring kernels for {spec.name}", total=None)
         result = calibrate_target(
-            spec, output, quick=quick, workers=workers,
+            spec, output, quick=quick, latency=not code_size_only, workers=workers,
             on_start=lambda total: progress.update(task, total=total),
-            on_done=lambda m: progress.update(task, advance=1, description=f"measured {m.case.label}"))
-    rows = fit_summary(result.fit, result.measurements)
+            on_done=lambda label: progress.update(task, advance=1, description=label))
+    code = result.code
+    table = Table(title=f"measured code size for {spec.name} ({spec.kernels} kernels)", title_justify="left")
+    for col in ("kernel", "bytes"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    for name, size in code.per_kernel_bytes.items():
+        table.add_row(name, f"{size:,}")
+    console.print(table)
+    code_row = ("code size", f"kernels {min(code.per_kernel_bytes.values()):,}–{code.default_kernel_bytes:,} B; "
+                             f"model code {code.base_bytes} + {code.per_layer_bytes} per layer + "
+                             f"{code.per_weight_run_bytes} per weight run (largest miss {code.max_model_code_error} B)")
+    code_payload = {"code_size": {"base_bytes": code.base_bytes, "per_layer_bytes": code.per_layer_bytes,
+                                  "per_weight_run_bytes": code.per_weight_run_bytes,
+                                  "per_kernel_bytes": code.per_kernel_bytes,
+                                  "max_model_code_error": code.max_model_code_error}}
+    head = [("target", f"{spec.name} ({spec.core}) on QEMU {spec.qemu.machine}")]  # type: ignore[union-attr]
+    tail = [("emulator / compiler", f"{result.emulator} / {result.compiler}"),
+            ("wall time", f"{result.seconds:.1f} s"), ("use it", f"--target {output}")]
+    base_payload = {"target": spec.name, "output": str(output), "grid": result.grid, "seconds": round(result.seconds, 2)}
+    fit = result.fit
+    if fit is None:
+        _summary(f"edgejpq calibrate → {output}", [*head, code_row, ("latency table", "kept as it was"), *tail],
+                 as_json, {**base_payload, **code_payload})
+        return
+    rows = fit_summary(fit, result.measurements)
     table = Table(title=f"fitted latency table for {spec.name} ({spec.kernels} kernels)", title_justify="left")
     for col in ("kind", "bits", "cycles / MAC (element)", "measured", "max fit error"):
         table.add_column(col, justify="left" if col == "kind" else "right")
@@ -886,7 +917,6 @@ def calibrate(
         table.add_row(str(row["kind"]), str(row["bits"] or "-"), f"{per:.3f}", str(row["measurements"]),
                       f"{100 * float(row['max_relative_error']):.1f}%")  # type: ignore[arg-type]
     console.print(table)
-    fit = result.fit
     holdout_errors: dict[str, float] = {}
     if holdout:
         import tempfile
@@ -895,24 +925,21 @@ def calibrate(
 
         with tempfile.TemporaryDirectory(prefix="edgejpq-holdout-") as tmp:
             for m in measure_cases(holdout_cases(), result.target, Path(tmp), workers=workers):
-                holdout_errors[m.case.label] = result.fit.predict(m.case) / m.cycles - 1.0
+                holdout_errors[m.case.label] = fit.predict(m.case) / m.cycles - 1.0
     holdout_rows = ([("hold-out error", f"largest {100 * max(abs(e) for e in holdout_errors.values()):.1f}%, mean "
                                         f"{100 * sum(abs(e) for e in holdout_errors.values()) / len(holdout_errors):.1f}% "
                                         f"over {len(holdout_errors)} shapes in neither grid")]
                     if holdout_errors else [])
     _summary(f"edgejpq calibrate → {output}", [
-        ("target", f"{spec.name} ({spec.core}) on QEMU {spec.qemu.machine}"),  # type: ignore[union-attr]
+        *head,
         ("kernel runs", f"{len(result.measurements)} ({result.grid} grid), all bit-exact"),
         ("overheads (cycles)", f"per call {fit.per_layer_overhead_cycles:.0f}, per output value "
                                + ", ".join(f"{kind} {fit.kernel_quantity_cycles(kind, 'value'):.1f}"
                                            for kind in ("conv2d", "pointwise_conv2d", "depthwise_conv2d"))),
         ("largest fit error", f"{100 * fit.max_relative_error:.1f}%"),
-        *holdout_rows,
-        ("emulator / compiler", f"{result.emulator} / {result.compiler}"),
-        ("wall time", f"{result.seconds:.1f} s"),
-        ("use it", f"--target {output}")], as_json,
-        {"target": spec.name, "output": str(output), "grid": result.grid, "measurements": len(result.measurements),
-         "max_relative_error": fit.max_relative_error, "seconds": round(result.seconds, 2),
+        *holdout_rows, code_row, *tail], as_json,
+        {**base_payload, **code_payload, "measurements": len(result.measurements),
+         "max_relative_error": fit.max_relative_error,
          "per_layer_overhead_cycles": fit.per_layer_overhead_cycles,
          "per_output_pixel_overhead_cycles": fit.per_output_pixel_overhead_cycles,
          "per_output_channel_overhead_cycles": fit.per_output_channel_overhead_cycles,

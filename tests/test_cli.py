@@ -145,12 +145,12 @@ def test_generate_refuses_to_overwrite_a_foreign_folder(pipeline, tmp_path):
 @pytest.mark.slow
 def test_search_sweep_writes_one_run_per_budget_and_a_pareto_plot(pipeline, tmp_path):
     out = tmp_path / "sweep"
-    proc = run("search", "--model", str(pipeline["root"] / "float.pt"), "--data", "digits", "--flash", "9KiB,13KiB",
+    proc = run("search", "--model", str(pipeline["root"] / "float.pt"), "--data", "digits", "--flash", "20KiB,28KiB",
                "--epochs", "1", "--finetune-epochs", "1", "-o", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     payload = last_json(proc)
-    assert [p["label"] for p in payload["sweep"]] == ["flash-9KiB", "flash-13KiB"]
-    for point, budget in zip(payload["sweep"], (9 * 1024, 13 * 1024)):
+    assert [p["label"] for p in payload["sweep"]] == ["flash-20KiB", "flash-28KiB"]
+    for point, budget in zip(payload["sweep"], (20 * 1024, 28 * 1024)):
         assert point["flash_bytes"] <= budget and point["budgets"] == {"flash_bytes": budget}
         folder = out / point["label"]
         for name in ("plan.json", "model.ejq", "report.md", "training.png", "summary.json"):

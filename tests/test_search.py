@@ -21,7 +21,8 @@ from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
 from edgejpq.quant.integerize import calibrate
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
-from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, magnitude_pruned_plan, metric_value, minimal_plan,
+from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, hard_choices, magnitude_pruned_plan, metric_value,
+                                minimal_plan,
                                 repair, run_search)
 from edgejpq.search.space import SearchableGraph, fake_quant_activation
 from edgejpq.train import train_float
@@ -119,6 +120,64 @@ def test_expected_cost_equals_exact_cost_at_a_discrete_plan():
     # the expected flash ignores per-row byte padding, which is below one byte per kept row
     rows = sum(lp.kept for lp in plan.layers.values())
     assert exact.flash_bytes - rows <= float(expected.flash_bytes) <= exact.flash_bytes + 1e-3
+
+
+def _cnn_space(target):
+    graph = build_float_graph(build_model("zoo:cnn", (1, 12, 12), 10), (1, 12, 12))
+    space = SearchableGraph(graph, channel_groups(graph))
+    ev = _evaluator(graph, (1, 12, 12), target)
+    return graph, space, ev, CostModel(space, target, ev.model(uniform_plan(graph, 8)))
+
+
+@pytest.mark.unit
+def test_code_gradient_prices_the_last_channel_of_a_kernel_variant():
+    """Kernel code is linked per family × bits: moving the only 8-bit conv channel to 4 bits saves the whole
+    conv2d_w8 kernel, and moving one classifier channel onto unused 2 bits costs the fully_connected_w2
+    kernel; the expected cost's gradient says so (within a weight run descriptor and row padding)."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    four = uniform_plan(graph, 4)
+    layers = dict(four.layers)
+    layers["features.3"] = LayerPlan((8,) + four.layers["features.3"].bits[1:])
+    plan = PrecisionPlan(layers)
+    keep, sel = hard_choices(space, plan)
+    expected = cost_model(keep=keep, probs=sel)
+    rows = sum(lp.kept for lp in plan.layers.values())
+    assert ev.cost(plan).flash_bytes - rows <= float(expected.flash_bytes.detach()) <= ev.cost(plan).flash_bytes
+    expected.flash_bytes.backward()
+    j = {bits: space.choices.index(bits) for bits in space.choices}
+    conv = sel[space.index["features.3"]].grad[0]
+    actual = ev.cost(four).flash_bytes - ev.cost(plan).flash_bytes
+    assert actual <= -target.kernel_bytes("conv2d_w8")
+    assert float(conv[j[4]] - conv[j[8]]) == pytest.approx(actual, abs=64)
+    fc = sel[space.index["classifier"]].grad[0]
+    layers = dict(four.layers)
+    layers["classifier"] = LayerPlan((2,) + four.layers["classifier"].bits[1:])
+    actual = ev.cost(PrecisionPlan(layers)).flash_bytes - ev.cost(four).flash_bytes
+    assert actual >= target.kernel_bytes("fully_connected_w2") - 64
+    keep, sel = hard_choices(space, four)
+    cost_model(keep=keep, probs=sel).flash_bytes.backward()
+    fc = sel[space.index["classifier"]].grad[0]
+    assert float(fc[j[2]] - fc[j[4]]) == pytest.approx(actual, abs=64)
+
+
+@pytest.mark.unit
+def test_repair_drops_a_kernel_variant_rather_than_the_weights():
+    """Several conv channels at 8 bits in a 4-bit plan link the 8-bit conv kernel; a flash budget just above
+    the uniform 4-bit plan is met by moving them all to 4 bits (dropping that kernel), not by cutting the
+    other channels' weights, which no single channel's gradient would avoid."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    four = uniform_plan(graph, 4)
+    layers = {name: LayerPlan(tuple(8 if name.startswith("features") and i % 4 == 0 else b
+                                    for i, b in enumerate(lp.bits))) for name, lp in four.layers.items()}
+    plan = PrecisionPlan(layers)
+    budget = Budgets(flash_bytes=ev.cost(four).flash_bytes + 100)
+    assert ev.cost(plan).flash_bytes > budget.flash_bytes
+    repaired, steps = repair(space, plan, budget, ev, cost_model)
+    final = ev.cost(repaired)
+    assert final.flash_bytes <= budget.flash_bytes
+    assert final.weight_bytes >= ev.cost(four).weight_bytes, (steps, repaired.layers)
 
 
 @pytest.mark.host_c

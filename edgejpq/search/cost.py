@@ -47,6 +47,12 @@ def slow_requantization_flags(graph: Any, ranges: Mapping[str, tuple[float, floa
     return flags
 
 
+def kernel_family(layer: WeightedLayer) -> str:
+    """The kernel a searchable layer calls, without its bits (code_size.per_kernel_bytes keys are family_w<bits>;
+    one conv kernel serves pointwise layers too, as in edgejpq.cost.model.kernel_names)."""
+    return "depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear" else "conv2d"
+
+
 @dataclass(frozen=True)
 class ExpectedCost:
     flash_bytes: torch.Tensor
@@ -120,7 +126,7 @@ class CostModel:
         space = self.space
         keep = space.keep_probabilities() if keep is None else keep
         probs = space.bit_probabilities() if probs is None else probs
-        flash = torch.tensor(float(self._code_bytes(keep, probs)))
+        flash = self._code_bytes(keep, probs)
         cycles = torch.zeros(())
         for layer in space.graph.layers:
             out = layer.output
@@ -181,22 +187,31 @@ class CostModel:
                     runs.append((bits, 1))
         return runs or [(self.space.choices[0], 0)]
 
-    def _code_bytes(self, keep: list[torch.Tensor], probs: list[torch.Tensor]) -> int:
-        """Code estimate of the plan these choices make (a constant: code size has no gradient).
+    def _code_bytes(self, keep: list[torch.Tensor], probs: list[torch.Tensor]) -> torch.Tensor:
+        """Code of the plan the current choices make (kept channels at their most likely bits), exactly as
+        edgejpq.cost.model.code_bytes counts it for that discrete plan.
 
-        Kernels used and weight runs counted as the exporter forms them."""
+        A weighted kernel (family × bits) is linked when any kept channel of its family uses it. Its
+        gradient is that of its size × (1 − Π(1 − keep × p(bits))) over those channels (straight
+        through: the value stays the discrete one): it shows the saving of moving a variant's last
+        channels off it and the cost of moving a channel onto an unused one; while many channels may
+        use a variant it is near zero. The layers, weight runs and other kernels have no gradient."""
         space = self.space
         sizes = self.target.code_size
         kernels: set[str] = set()
         runs = 0
+        unused: dict[str, torch.Tensor] = {}  # kernel -> P(no kept channel uses it)
         for layer in space.layers:
-            kept = keep[space.groups.layer_group[layer.name]].detach() > 0.5
-            chosen = probs[space.index[layer.name]].detach().argmax(dim=1)
-            used = {space.choices[int(j)] for j in chosen[kept].tolist()}
-            family = ("depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear"
-                      else "conv2d")
-            kernels.update(f"{family}_w{b}" for b in used)
-            runs += self._runs(layer, keep[space.groups.layer_group[layer.name]], probs[space.index[layer.name]])
+            kept = keep[space.groups.layer_group[layer.name]]
+            layer_probs = probs[space.index[layer.name]]
+            family = kernel_family(layer)
+            chosen = layer_probs.detach().argmax(dim=1)[kept.detach() > 0.5]
+            for j, bits in enumerate(space.choices):
+                name = f"{family}_w{bits}"
+                unused[name] = unused.get(name, torch.ones(())) * torch.prod(1.0 - kept * layer_probs[:, j])
+                if bool((chosen == j).any()):
+                    kernels.add(name)
+            runs += self._runs(layer, kept, layer_probs)
         for layer in space.graph.layers:
             if isinstance(layer, PoolLayer):
                 kernels.add(f"{layer.mode}_pool")
@@ -205,8 +220,11 @@ class CostModel:
             elif isinstance(layer, ConcatLayer):
                 kernels.add("concat")
         layers = sum(1 for layer in space.graph.layers if not isinstance(layer, FlattenLayer))
-        return int(sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs
-                   + sum(self.target.kernel_bytes(k) for k in kernels))
+        fixed = (sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs
+                 + sum(self.target.kernel_bytes(k) for k in kernels))
+        soft = sum((self.target.kernel_bytes(name) * (1.0 - p_unused) for name, p_unused in unused.items()),
+                   torch.zeros(()))
+        return torch.tensor(float(fixed)) + (soft - soft.detach())
 
     def _arena(self, keep: list[torch.Tensor]) -> torch.Tensor:
         sizes = [torch.stack([self.pixels[t] * self.channels(t, keep) * self.features[t] for t in members]).max()

@@ -32,7 +32,7 @@ from edgejpq.graph import FloatGraph
 from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
 from edgejpq.quant.integerize import (QuantState, calibrate, derive_quant_state, integer_logits, integerize,
                                      predict_float)
-from edgejpq.search.cost import CostModel, ExpectedCost
+from edgejpq.search.cost import CostModel, ExpectedCost, kernel_family
 from edgejpq.search.groups import ChannelGroups, channel_groups
 from edgejpq.search.space import SearchableGraph
 
@@ -297,6 +297,17 @@ class Trainer:
 # --------------------------------------------------------------------------- repair
 
 
+def hard_choices(space: SearchableGraph, plan: PrecisionPlan) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A discrete plan as 0/1 keep and bit-width probabilities (with gradients) for the CostModel: a pruned
+    channel's bits are the highest choice, which its keep of 0 cancels."""
+    choices = space.choices
+    keep = [torch.tensor([1.0 if b else 0.0 for b in plan.layers[g.members[0]].bits], requires_grad=True)
+            for g in space.groups.groups]
+    sel = [torch.tensor([[1.0 if (b or choices[-1]) == c else 0.0 for c in choices]
+                         for b in plan.layers[l.name].bits], requires_grad=True) for l in space.layers]
+    return keep, sel
+
+
 def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
            cost_model: CostModel, max_steps: int = 400) -> tuple[PrecisionPlan, int]:
     """Lower bit-widths and prune channels, least regret per unit of cost saved first, until every
@@ -311,10 +322,7 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         if steps >= max_steps:
             raise EdgejpqError("repair did not converge; loosen the budgets")
         steps += 1
-        keep = [torch.tensor([1.0 if b else 0.0 for b in plan.layers[g.members[0]].bits], requires_grad=True)
-                for g in space.groups.groups]
-        sel = [torch.tensor([[1.0 if (b or choices[-1]) == c else 0.0 for c in choices]
-                             for b in plan.layers[l.name].bits], requires_grad=True) for l in space.layers]
+        keep, sel = hard_choices(space, plan)
         expected = cost_model(keep=keep, probs=sel)
         clock = int(evaluator.target.clock_hz)
         objective = sum(_expected(expected, m, clock) / b for m, b in violated)
@@ -344,6 +352,13 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                     if b and space.prune:
                         (candidates if saving > 0 else fallback).append(
                             ((float(prob[c]) + 1e-3) / max(saving, 1e-9), "prune", g.index, c))
+        # Moving a whole kernel variant down one bit-width drops its code, which no single channel's
+        # gradient shows while other channels still use it: priced exactly, it competes with the rest.
+        variant = _variant_move(space, plan, report, violated, evaluator) if any(
+            m == "flash" for m, _ in violated) else None
+        if variant is not None and (not candidates or variant[0] <= min(candidates)[0]):
+            plan = variant[1]
+            continue
         # The gradient is a local estimate: where it promises no saving (run splits, say) but the budget is
         # still missed, any remaining move leads towards the minimal plan, so take the least regretted one.
         candidates = candidates or fallback
@@ -366,6 +381,34 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                 for name in space.groups.groups[index].members:
                     layers[name][channel] = 0
         plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+
+
+def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostReport,
+                  violated: list[tuple[Metric, float]], evaluator: Evaluator) -> tuple[float, PrecisionPlan] | None:
+    """The best move of every channel on one kernel variant (family × bits) to the next lower bit-width:
+    (regret per unit of the violated budgets saved, the plan), priced with the exact cost model."""
+    choices = space.choices
+    used: dict[tuple[str, int], list[tuple[int, int]]] = {}  # variant -> (layer index, channel)
+    for i, layer in enumerate(space.layers):
+        for o, bits in enumerate(plan.layers[layer.name].bits):
+            if bits and bits != choices[0]:
+                used.setdefault((kernel_family(layer), bits), []).append((i, o))
+    best: tuple[float, PrecisionPlan] | None = None
+    for (_, bits), channels in used.items():
+        lower = choices[choices.index(bits) - 1]
+        layers = {name: list(lp.bits) for name, lp in plan.layers.items()}
+        regret = 0.0
+        for i, o in channels:
+            probs = torch.softmax(space.bit_logits[i].detach().cpu()[o], dim=0)
+            j = choices.index(bits)
+            regret += max(float(probs[j] - probs[j - 1]), 0.0) + 1e-3
+            layers[space.layers[i].name][o] = lower
+        moved = PrecisionPlan({name: LayerPlan(tuple(b)) for name, b in layers.items()})
+        after = evaluator.cost(moved)
+        saving = sum((metric_value(report, m) - metric_value(after, m)) / b for m, b in violated)
+        if saving > 0 and (best is None or regret / saving < best[0]):
+            best = (regret / saving, moved)
+    return best
 
 
 # --------------------------------------------------------------------------- the whole run
