@@ -22,9 +22,13 @@ The grid holds shapes that separate every quantity (depthwise passes, odd rows, 
 layers, odd 8-bit channel counts, channels forced off the fast requantization path, many runs, global
 pools); `holdout_cases` are shapes in none of it, to check the fit generalises.
 
-`calibrate_target` writes the target's file with that `latency:` block and its provenance
-(`calibrated: true`, source, date, tool, emulator, compiler, measurements, fit error) to a new
-path, validated, replaced atomically, and re-read with load_target.
+The code size is measured the same way without running anything: every kernel × bit-width linked
+as a one-layer model (`measure_code_size`), each kernel costing its object's linked bytes, and the
+generated model code fitted per layer and per weight run.
+
+`calibrate_target` writes the target's file with those `code_size:` and `latency:` blocks and their
+provenance (`calibrated: true`, source, date, tool, emulator, compiler, measurements, fit error) to a
+new path, validated, replaced atomically, and re-read with load_target.
 """
 
 from __future__ import annotations

@@ -710,10 +710,29 @@ def targets(as_json: JsonOpt = False) -> None:
         print(json.dumps({"targets": rows}, sort_keys=True))
 
 
+def _code_hint(cost: Any, config: Any) -> list[tuple[str, str]]:
+    """A summary row when code takes most of the flash and the search could use several bit-widths."""
+    if config.method == "uniform" or len(config.choices) < 2 or 2 * cost.code_bytes <= cost.flash_bytes:
+        return []
+    return [("note", f"code is {100 * cost.code_bytes / cost.flash_bytes:.0f}% of the flash: every bit-width the "
+                     f"plan uses links its kernels (the target file's code_size), so with a small flash budget "
+                     f"fewer --bits (e.g. --bits 4) leave the weights more")]
+
+
+def _bit_widths(text: Optional[str]) -> tuple[int, ...]:
+    """`--bits 8` or `--bits 2,4,8`: the bit-widths, increasing ("" or None: none given)."""
+    if not text:
+        return ()
+    try:
+        return tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise EdgejpqError(f"--bits {text!r}: expected bit-widths such as 8 or 2,4,8") from None
+
+
 @app.command(epilog="Examples: `edgejpq search --target cortex-m4 --model zoo:resnet8 --data fashion-mnist "
-                    "--flash 24KiB --epochs 4 -o runs/r8`; `edgejpq search --model float.pt --data digits "
+                    "--flash 48KiB --epochs 4 -o runs/r8`; `edgejpq search --model float.pt --data digits "
                     "--strength 1 -o runs/s1`; `edgejpq search --method uniform --bits 4 ...` (baseline); "
-                    "`edgejpq search ... --flash 12KiB,16KiB,24KiB -o runs/sweep` (one run per budget + pareto.png)")
+                    "`edgejpq search ... --flash 32KiB,48KiB,64KiB -o runs/sweep` (one run per budget + pareto.png)")
 @user_errors
 def search(
     model: Annotated[str, typer.Option(help="Float checkpoint (.pt from `edgejpq train`) or a model spec "
@@ -722,14 +741,17 @@ def search(
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (plan.json, model.ejq, report.md, plots).")],
     target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path.")] = "cortex-m4",
     flash: Annotated[Optional[str], typer.Option(help="Flash budget for the model (weights + constants + code), e.g. "
-                                                     "64KiB; a list such as 12KiB,16KiB,24KiB sweeps it.")] = None,
+                                                     "64KiB; a list such as 32KiB,48KiB,64KiB sweeps it.")] = None,
     ram: Annotated[Optional[str], typer.Option(help="RAM budget for the activation arena, e.g. 32KiB (a list sweeps).")] = None,
     latency_ms: Annotated[Optional[str], typer.Option(help="Latency budget in ms at the target clock (a list sweeps).")] = None,
     strength: Annotated[str, typer.Option(help="Loss = task + strength × cost / cost of the 8-bit model (a list such "
                                                "as 0.5,1,2 sweeps).")] = "0",
     objective: Annotated[str, typer.Option(help="The cost --strength scales: flash | ram | latency.")] = "flash",
     method: Annotated[str, typer.Option(help="joint | uniform | two-stage")] = "joint",
-    bits: Annotated[int, typer.Option(help="Bit-width of --method uniform.")] = 8,
+    bits: Annotated[Optional[str], typer.Option(
+        help="--method uniform: its bit-width (default 8). joint and two-stage: the bit-widths a channel may take "
+             "(default 2,4,8); each one the plan uses costs its kernels' flash (the target file's code_size), so a "
+             "small flash budget may leave the weights more with fewer.")] = None,
     epochs: Annotated[int, typer.Option(min=0, help="Search epochs (uniform: QAT epochs).")] = 4,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="Quantization-aware fine-tuning epochs.")] = 2,
     pretrain_epochs: Annotated[int, typer.Option(min=0, help="Float epochs when --model is a spec.")] = 3,
@@ -761,7 +783,11 @@ def search(
     spec = load_target(target)
     points = sweep_points(flash, ram, latency_ms, strength, parse_size)
     # a bad method, bit-width or missing budget is refused here, before any data is loaded or trained
-    configs = [SearchConfig(method=method, bits=bits, search_epochs=epochs,  # type: ignore[arg-type]
+    widths = _bit_widths(bits)
+    if method == "uniform" and len(widths) > 1:
+        raise EdgejpqError(f"--bits {bits}: --method uniform takes one bit-width")
+    configs = [SearchConfig(method=method, bits=widths[0] if method == "uniform" and widths else 8,  # type: ignore[arg-type]
+                            choices=widths if method != "uniform" and widths else (2, 4, 8), search_epochs=epochs,
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
                             budgets=point.budgets, lr=lr, batch_size=batch_size, seed=seed, device=device)
                for point in points]
@@ -814,11 +840,12 @@ def search(
         _summary(f"edgejpq search ({method}) → {output}", [
             ("target", f"{spec.name} ({spec.clock_hz / 1e6:.0f} MHz)"),
             ("flash", f"{cost.flash_bytes} B (weights {cost.weight_bytes}, constants {cost.constant_bytes}, "
-                      f"code ~{cost.code_bytes})" + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")),
+                      f"code {cost.code_bytes})" + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")),
             ("RAM (arena)", f"{cost.arena_bytes} B" + (f" / budget {budgets.ram_bytes}" if budgets.ram_bytes else "")),
             ("latency", f"{cost.latency_ms:.3f} ms" + (f" / budget {budgets.latency_ms}" if budgets.latency_ms else "")),
             ("accuracy float / fake-quant / integer",
              f"{_pct(result.accuracy_float)} / {_pct(result.accuracy_fake_quant)} / {_pct(result.accuracy_integer)}"),
+            *_code_hint(cost, config),
             ("wall time", f"{result.seconds:.0f} s"), ("files", "plan.json model.ejq report.md training.png")],
             as_json, summary)
         return

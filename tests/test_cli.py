@@ -169,6 +169,9 @@ def test_search_sweep_writes_one_run_per_budget_and_a_pareto_plot(pipeline, tmp_
      r"method two-stage prunes to a budget: give one \(--flash, --ram or --latency-ms\)"),
     (["--method", "greedy"], r"method 'greedy': use joint, uniform or two-stage"),
     (["--method", "uniform", "--bits", "3"], r"uniform bits 3: use 8, 4 or 2"),
+    (["--method", "uniform", "--bits", "4,8"], r"--bits 4,8: --method uniform takes one bit-width"),
+    (["--bits", "3,8"], r"bit-widths 3,8: use some of 2, 4, 8"),
+    (["--bits", "four"], r"--bits 'four': expected bit-widths such as 8 or 2,4,8"),
 ])
 def test_search_refuses_bad_options_before_any_work(tmp_path, options, pattern):
     proc = run("search", "--model", "zoo:cnn", "--data", "digits", *options, "-o", str(tmp_path / "s"))

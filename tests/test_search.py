@@ -335,6 +335,17 @@ def test_short_search_meets_budget_and_keeps_accuracy(digits_search):
 
 
 @pytest.mark.slow
+def test_search_keeps_to_the_allowed_bit_widths(digits_float):
+    ds, graph, target, full = digits_float
+    budget = Budgets(flash_bytes=int(0.8 * full.flash_bytes))
+    result = run_search(graph, ds, target, SearchConfig(search_epochs=1, finetune_epochs=0, batch_size=32,
+                                                        budgets=budget, choices=(4, 8)))
+    used = {bits for lp in result.plan.layers.values() for bits in lp.bits}
+    assert used <= {0, 4, 8} and 4 in used, used
+    assert result.cost.flash_bytes <= budget.flash_bytes
+
+
+@pytest.mark.slow
 def test_hard_and_soft_models_agree_after_a_short_search():
     torch.manual_seed(0)
     ds = load_dataset("digits")

@@ -270,7 +270,7 @@ class LayerCost:
 class CostReport:
     weight_bytes: int
     constant_bytes: int
-    code_bytes: int  # an estimate until measured on the target (see targets/*.yaml code_size)
+    code_bytes: int  # kernels as linked, model code as fitted (targets/*.yaml code_size, `edgejpq calibrate`)
     arena_bytes: int
     io_bytes: int  # the caller's input and output buffers (not in the arena)
     cycles: float

@@ -37,11 +37,11 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
         f"{header.get('strength')}, {len(result.history)} epochs, {result.seconds:.0f} s.", "",
         "## Totals against the target", "",
         "| figure | value | target budget |", "|---|---|---|",
-        f"| flash (weights + constants + code estimate) | {cost.flash_bytes} B ({_kib(cost.flash_bytes)}) | "
+        f"| flash (weights + constants + code) | {cost.flash_bytes} B ({_kib(cost.flash_bytes)}) | "
         f"{target.model_flash_budget} B |",
         f"| — packed weights | {cost.weight_bytes} B | |",
         f"| — per-channel constants | {cost.constant_bytes} B | |",
-        f"| — kernel code (estimate) | {cost.code_bytes} B | |",
+        f"| — code (kernels and model) | {cost.code_bytes} B | |",
         f"| RAM: activation arena | {cost.arena_bytes} B ({_kib(cost.arena_bytes)}) | {target.model_ram_budget} B |",
         f"| latency (look-up table{'' if target.latency.calibrated else ', not yet calibrated'}) | "
         f"{cost.latency_ms:.3f} ms ({cost.cycles:.0f} cycles at {target.clock_hz / 1e6:.0f} MHz) | |",

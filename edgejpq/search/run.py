@@ -63,6 +63,8 @@ class Budgets:
 class SearchConfig:
     method: Method = "joint"
     bits: int = 8  # the uniform method's bit-width
+    # the bit-widths joint and two-stage may give a channel: each one a plan uses links its kernels' code
+    choices: tuple[int, ...] = (2, 4, 8)
     search_epochs: int = 4
     finetune_epochs: int = 2
     strength: float = 0.0
@@ -84,6 +86,9 @@ class SearchConfig:
             raise EdgejpqError(f"method {self.method!r}: use joint, uniform or two-stage")
         if self.method == "uniform" and self.bits not in (2, 4, 8):
             raise EdgejpqError(f"uniform bits {self.bits}: use 8, 4 or 2")
+        if not self.choices or not set(self.choices) <= {2, 4, 8} or list(self.choices) != sorted(set(self.choices)):
+            raise EdgejpqError(f"bit-widths {','.join(map(str, self.choices))}: use some of 2, 4, 8, each once, "
+                               f"in increasing order")
         if self.method == "two-stage" and not self.budgets.items():
             raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --ram or --latency-ms)")
 
@@ -465,7 +470,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     trainer = Trainer(ds, target, config, evaluator, on_epoch)
     full_cost = evaluator.cost(full)
     trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
-    choices = (2, 4, 8)
+    choices = (2, 4, 8) if config.method == "uniform" else config.choices
     repair_steps = 0
 
     if resume and checkpoint is not None and checkpoint.exists() and config.method != "uniform":
@@ -479,14 +484,14 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         finetune_epochs = config.search_epochs + config.finetune_epochs
     else:
         check_reachable(evaluator, minimal_plan(graph, groups, choices), config.budgets,
-                        "the smallest plan reachable (2 bits, one channel per group)")
+                        f"the smallest plan reachable ({choices[0]} bits, one channel per group)")
         if config.method == "joint":
             space = SearchableGraph(graph, groups, choices=choices)
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "search", config.search_epochs, search=True, cost_model=cost_model)
         else:  # two-stage
             first = config.search_epochs // 2
-            pruning = SearchableGraph(graph, groups, choices=(8,))
+            pruning = SearchableGraph(graph, groups, choices=choices[-1:])
             pruned = magnitude_pruned_plan(pruning, config.budgets, evaluator)
             pruning.freeze(pruned)
             trainer.run(pruning, "prune", first, search=False, cost_model=None)

@@ -1,6 +1,6 @@
 """Sweeps of `edgejpq search`: one run per value of one budget or of the strength, one Pareto plot.
 
-`--flash 12KiB,16KiB,24KiB` (or `--ram`, `--latency-ms`, `--strength` with several comma-separated
+`--flash 32KiB,48KiB,64KiB` (or `--ram`, `--latency-ms`, `--strength` with several comma-separated
 values; one swept option at a time) runs the search once per value, each into its own run folder
 `<output>/<option>-<value>/`, from the same float model, and writes `<output>/sweep.json` and
 `<output>/pareto.png` (weight bytes against the integer model's test accuracy).
