@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--budgets", default="0.35,0.47", help="flash budgets as fractions of uniform 8-bit")
+    parser.add_argument("--bits", default="2,4,8", help="the bit-widths joint and two-stage may use (search --bits)")
     parser.add_argument("--methods", default="uniform,joint,two-stage",
                         help=f"comma-separated, from {', '.join(METHODS)} (uniform: all three widths)")
     parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
@@ -116,7 +117,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
     uniform8_flash = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8)).flash_bytes
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("out", "combine", "methods", "budgets", "emulate", *SPLIT)}
+                if k not in ("out", "combine", "methods", "budgets", "bits", "emulate", *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
                "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
@@ -131,7 +132,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1),
                  "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
-                 **({k: getattr(args, k) for k in SPLIT} if method != "uniform" else {})}
+                 **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits} if method != "uniform" else {})}
         if args.emulate:
             from edgejpq.emulate.host import emulate_host
             from edgejpq.quant.integerize import quantize_input
@@ -147,13 +148,16 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         if "uniform" in methods or f"uniform-{bits}" in methods:
             record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
                                                             finetune_epochs=args.uniform_epochs, seed=args.seed))
+    choices = tuple(sorted(int(b) for b in args.bits.split(",")))
+    widths = "" if choices == (2, 4, 8) else f" bits {args.bits}"
     for fraction in (float(f) for f in args.budgets.split(",")):
         budget = Budgets(flash_bytes=int(fraction * uniform8_flash))
         for method in ("joint", "two-stage"):
             if method in methods:
-                record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}", SearchConfig(
-                    method=method, search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
-                    budgets=budget, seed=args.seed))
+                record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}{widths}",
+                       SearchConfig(method=method, search_epochs=args.search_epochs,
+                                    finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
+                                    choices=choices))
     payload["complete"] = True
     return payload
 

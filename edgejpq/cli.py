@@ -433,7 +433,8 @@ def _qemu_summary(qmodel: Any, spec: Any, result: Any, rows: list[tuple[str, Any
         ("est. cycles / inference",
          "n/a (no latency.instruction_cycles)" if cycles is None
          else f"{cycles:,.0f} = {1e3 * cycles / spec.clock_hz:.3f} ms at {spec.clock_hz / 1e6:g} MHz"),
-        ("flash: weights / constants", f"{sizes.weight_bytes:,} / {sizes.constant_bytes:,} B"),
+        ("flash: weights / other constants",
+         f"{sizes.weight_bytes:,} / {sizes.constant_bytes - sizes.weight_bytes:,} B"),
         ("flash: kernels / model code / runtime",
          f"{sizes.kernel_code_bytes:,} / {sizes.model_code_bytes:,} / {sizes.runtime_bytes:,} B"),
         ("flash: model total", f"{sizes.flash_bytes:,} B of {spec.model_flash_budget:,} "
