@@ -398,16 +398,15 @@ def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostRepor
         for o, bits in enumerate(plan.layers[layer.name].bits):
             if bits and bits != choices[0]:
                 used.setdefault((kernel_family(layer), bits), []).append((i, o))
+    probs = [torch.softmax(logits.detach().cpu(), dim=1) for logits in space.bit_logits]
     best: tuple[float, PrecisionPlan] | None = None
     for (_, bits), channels in used.items():
-        lower = choices[choices.index(bits) - 1]
+        j = choices.index(bits)
         layers = {name: list(lp.bits) for name, lp in plan.layers.items()}
         regret = 0.0
         for i, o in channels:
-            probs = torch.softmax(space.bit_logits[i].detach().cpu()[o], dim=0)
-            j = choices.index(bits)
-            regret += max(float(probs[j] - probs[j - 1]), 0.0) + 1e-3
-            layers[space.layers[i].name][o] = lower
+            regret += max(float(probs[i][o, j] - probs[i][o, j - 1]), 0.0) + 1e-3
+            layers[space.layers[i].name][o] = choices[j - 1]
         moved = PrecisionPlan({name: LayerPlan(tuple(b)) for name, b in layers.items()})
         after = evaluator.cost(moved)
         saving = sum((metric_value(report, m) - metric_value(after, m)) / b for m, b in violated)
