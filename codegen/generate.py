@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -87,6 +87,23 @@ def kernel_set_files(kernels: str) -> dict[str, Path]:
     return files
 
 
+# Support files of a kernel set: what each of its kernel files calls into, compiled once into a firmware
+# however many kernels call it (the DSP convolutions of every bit-width share the depthwise machinery,
+# the window-to-column conversion and the general requantization path).
+SUPPORT_SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
+    "dsp": {**{f"ejq_conv2d_w{b}.c": ("ejq_dsp_dw.c", "ejq_dsp_im2col.c", "ejq_dsp_rq.c") for b in (8, 4, 2)},
+            **{f"ejq_dwconv2d_w{b}.c": ("ejq_dsp_dw.c",) for b in (8, 4, 2)}},
+}
+
+
+def kernel_set_sources(kernels: str, entry_sources: Iterable[str]) -> tuple[str, ...]:
+    """The .c files of set `kernels` a firmware calling `entry_sources` (codegen.lower.KERNEL_SOURCES files)
+    compiles: those and their support files, sorted."""
+    support = SUPPORT_SOURCES.get(kernels, {})
+    entries = set(entry_sources)
+    return tuple(sorted(entries.union(*(support.get(source, ()) for source in entries))))
+
+
 def _resolve_name(model: QuantizedModel, name: str | None) -> str:
     if name is None:
         return c_identifier(model.name)
@@ -124,7 +141,8 @@ def _render_files(ctx: ModelContext, golden_in: np.ndarray, golden_out: np.ndarr
     set_files = kernel_set_files(ctx.kernels)
     headers = {h: kernel_dir / h for h in COMMON_HEADERS}
     headers.update({name: path for name, path in set_files.items() if name.endswith(".h")})
-    sources = {s: set_files.get(s, kernel_dir / ctx.kernels / s) for s in ctx.kernel_sources}
+    sources = {s: set_files.get(s, kernel_dir / ctx.kernels / s)
+               for s in kernel_set_sources(ctx.kernels, ctx.kernel_sources)}
     n = ctx.name
     files: dict[str, str] = {
         f"{n}_model.h": render("model.h.j2", m=ctx),

@@ -888,6 +888,8 @@ class CodeSizeFit:
     per_layer_bytes: int
     per_weight_run_bytes: int
     per_kernel_bytes: dict[str, int]  # family -> its kernel object's linked bytes
+    shared_bytes: dict[str, int]  # support object (codegen.generate.SUPPORT_SOURCES) -> its linked bytes
+    kernel_shares: dict[str, list[str]]  # family -> the support objects its builds linked
     builds: int
     max_model_code_error: int  # bytes: the model-code fit's largest miss over the builds
 
@@ -901,7 +903,8 @@ def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
     """Link `code_size_cases` with the target's flags and kernel set and read the linker map.
 
     Each kernel's bytes are its object's sections kept by the link (--gc-sections drops what the
-    layer does not call); the model code (`<name>_model.c`: invoke, parameter structs, run tables) is
+    layer does not call), and the support objects it links (shared by several kernels) are listed
+    apart with their bytes, so a model pays for them once; the model code (`<name>_model.c`: invoke, parameter structs, run tables) is
     fitted as base + per layer + per weight run by least squares; the runtime library routines
     the kernels pull in go into the base."""
     from codegen.generate import generate_sources
@@ -924,7 +927,10 @@ def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         builds = list(pool.map(one, enumerate(cases)))
+    entries = {Path(source).with_suffix(".o").name for source in KERNEL_SOURCES.values()}
     kernels: dict[str, int] = {}
+    shared: dict[str, int] = {}
+    shares: dict[str, set[str]] = {}
     rows, model_code, runtime = [], [], 0
     for case, model, sizes in builds:
         obj = Path(KERNEL_SOURCES[kernel_function(case)]).with_suffix(".o").name
@@ -933,6 +939,11 @@ def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
                                f"this is a bug in edgejpq")
         family = kernel_family(case)
         kernels[family] = max(kernels.get(family, 0), sizes.kernels[obj])
+        for support, size in sizes.kernels.items():
+            if support not in entries:
+                name = support_name(support)
+                shared[name] = max(shared.get(name, 0), size)
+                shares.setdefault(family, set()).add(name)
         runtime = max(runtime, sizes.runtime_bytes)
         if case.kind != "copy":  # the copy case's reshape is a layer the cost model does not count
             layers = sum(1 for op in model.ops if not isinstance(op, Reshape))
@@ -944,7 +955,14 @@ def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
     per_layer, per_run = (max(0, math.ceil(c)) for c in coef[1:])
     intercept = max(0, math.ceil(float(np.max(y - design[:, 1] * per_layer - design[:, 2] * per_run))))
     miss = int(np.max(np.abs(intercept + design[:, 1] * per_layer + design[:, 2] * per_run - y)))
-    return CodeSizeFit(intercept + runtime, per_layer, per_run, dict(sorted(kernels.items())), len(builds), miss)
+    return CodeSizeFit(intercept + runtime, per_layer, per_run, dict(sorted(kernels.items())),
+                       dict(sorted(shared.items())), {k: sorted(v) for k, v in sorted(shares.items())}, len(builds),
+                       miss)
+
+
+def support_name(obj: str) -> str:
+    """The code_size.shared_bytes key of a support object file: ejq_dsp_dw.o -> dsp_dw."""
+    return Path(obj).stem.removeprefix("ejq_")
 
 
 def code_size_block(fit: CodeSizeFit, target: "TargetSpec", compiler: str, date: str) -> list[str]:
@@ -952,17 +970,23 @@ def code_size_block(fit: CodeSizeFit, target: "TargetSpec", compiler: str, date:
     source = (f"measured by `edgejpq calibrate --target {target.name}` on {date} (edgejpq {__version__}): "
               f"{fit.builds} one-layer models linked with this file's compiler flags ({compiler}), the "
               f"{target.kernels} kernels and -Wl,--gc-sections. A kernel's bytes are its object's sections the "
-              f"link keeps (code and its constants); layer and run bytes are a least-squares fit of the "
+              f"link keeps (code and its constants), the support objects it calls are listed apart (linked once "
+              f"however many kernels call them); layer and run bytes are a least-squares fit of the "
               f"generated model code (invoke, parameter structs, run tables; largest miss {fit.max_model_code_error} "
               f"bytes), rounded up; base_bytes adds the runtime library routines the kernels call.")
     width = max(len(k) for k in fit.per_kernel_bytes) + 1
-    return ["code_size:", "  measured: true", *_folded("source", source, 2),
-            f"  base_bytes: {fit.base_bytes}",
-            f"  per_layer_bytes: {fit.per_layer_bytes}",
-            f"  per_weight_run_bytes: {fit.per_weight_run_bytes}",
-            "  per_kernel_bytes:",
-            *(f"    {(k + ':').ljust(width)} {v}" for k, v in fit.per_kernel_bytes.items()),
-            f"  default_kernel_bytes: {fit.default_kernel_bytes}"]
+    lines = ["code_size:", "  measured: true", *_folded("source", source, 2),
+             f"  base_bytes: {fit.base_bytes}",
+             f"  per_layer_bytes: {fit.per_layer_bytes}",
+             f"  per_weight_run_bytes: {fit.per_weight_run_bytes}",
+             "  per_kernel_bytes:",
+             *(f"    {(k + ':').ljust(width)} {v}" for k, v in fit.per_kernel_bytes.items()),
+             f"  default_kernel_bytes: {fit.default_kernel_bytes}"]
+    if fit.shared_bytes:
+        lines += ["  shared_bytes:", *(f"    {k}: {v}" for k, v in fit.shared_bytes.items()),
+                  "  kernel_shares:", *(f"    {(k + ':').ljust(width)} [{', '.join(v)}]"
+                                       for k, v in fit.kernel_shares.items())]
+    return lines
 
 
 def code_size_text(source_text: str, target: "TargetSpec", fit: CodeSizeFit, compiler: str,

@@ -919,6 +919,9 @@ def calibrate(
         table.add_column(col, justify="left" if col == "kernel" else "right")
     for name, size in code.per_kernel_bytes.items():
         table.add_row(name, f"{size:,}")
+    for name, size in code.shared_bytes.items():
+        users = [kernel for kernel, shares in code.kernel_shares.items() if name in shares]
+        table.add_row(f"{name} (shared by {len(users)} kernels, linked once)", f"{size:,}")
     console.print(table)
     code_row = ("code size", f"kernels {min(code.per_kernel_bytes.values()):,}–{code.default_kernel_bytes:,} B; "
                              f"model code {code.base_bytes} + {code.per_layer_bytes} per layer + "
@@ -926,6 +929,7 @@ def calibrate(
     code_payload = {"code_size": {"base_bytes": code.base_bytes, "per_layer_bytes": code.per_layer_bytes,
                                   "per_weight_run_bytes": code.per_weight_run_bytes,
                                   "per_kernel_bytes": code.per_kernel_bytes,
+                                  "shared_bytes": code.shared_bytes, "kernel_shares": code.kernel_shares,
                                   "max_model_code_error": code.max_model_code_error}}
     head = [("target", f"{spec.name} ({spec.core}) on QEMU {spec.qemu.machine}")]  # type: ignore[union-attr]
     tail = [("emulator / compiler", f"{result.emulator} / {result.compiler}"),

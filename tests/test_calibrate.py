@@ -134,6 +134,7 @@ def test_code_size_calibration_is_what_the_firmware_links(tmp_path: Path) -> Non
     assert payload["grid"] == "none" and spec.latency == shipped.latency
     assert spec.code_size.measured and "edgejpq calibrate --target cortex-m4" in spec.code_size.source
     assert spec.code_size.per_kernel_bytes == payload["code_size"]["per_kernel_bytes"]
+    assert spec.code_size.shared_bytes == payload["code_size"]["shared_bytes"]
     if compiler_version("arm-none-eabi-gcc") in " ".join(shipped.code_size.source.split()):
         assert spec.code_size == replace(shipped.code_size, source=spec.code_size.source)
 
@@ -148,7 +149,11 @@ def test_code_size_calibration_is_what_the_firmware_links(tmp_path: Path) -> Non
     assert {"conv2d_w8", "conv2d_w4", "conv2d_w2", "fully_connected_w2"} <= kernel_names(model)
     sizes = build_qemu(model, generate_sources(model, tmp_path / "src", kernels=spec.kernels), tmp_path / "build",
                        spec).sizes
-    assert sizes.kernel_code_bytes == sum(spec.kernel_bytes(name) for name in kernel_names(model))
+    assert sizes.kernel_code_bytes == spec.kernels_code_bytes(kernel_names(model))
+    # the support objects the three conv kernels share are linked once
+    shares = {share for name in kernel_names(model) for share in spec.kernel_shares(name)}
+    assert {sizes.kernels[f"ejq_{share}.o"] for share in shares} == {spec.code_size.shared_bytes[s] for s in shares}
+    assert spec.kernel_shares("conv2d_w8") == ("dsp_dw", "dsp_im2col", "dsp_rq")
     linked = sizes.kernel_code_bytes + sizes.model_code_bytes + sizes.runtime_bytes
     assert abs(model_cost(model, spec).code_bytes - linked) <= 0.05 * linked, (model_cost(model, spec), sizes)
 

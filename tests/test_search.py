@@ -162,6 +162,45 @@ def test_code_gradient_prices_the_last_channel_of_a_kernel_variant():
 
 
 @pytest.mark.unit
+def test_a_closed_kernel_variant_is_never_chosen_and_its_gate_prices_its_code():
+    """Closing the 8-bit conv variant's gate takes 8 bits out of every conv layer's choices (hard, soft and
+    discrete), not out of the classifier's; an open, used variant's gate carries the gradient of its whole
+    kernel (size x sigmoid'), which closing it saves."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    conv, fc = space.families.index("conv2d"), space.families.index("fully_connected")
+    j8 = space.choices.index(8)
+    with torch.no_grad():
+        for logits in space.bit_logits:
+            logits[:, j8] += 5.0  # every channel prefers 8 bits
+    space(torch.zeros(2, 1, 12, 12))
+    keep, sel = space.last_choices
+    cost = cost_model(keep=[k.detach() for k in keep], probs=[s.detach() for s in sel])  # the gate's own path
+    cost.flash_bytes.backward()
+    gate_grad = float(space.variant_logits.grad[conv, j8])
+    sigmoid = torch.sigmoid(torch.tensor(2.0))
+    assert gate_grad == pytest.approx(target.kernel_bytes("conv2d_w8") * float(sigmoid * (1 - sigmoid)), rel=1e-3)
+    assert float(space.variant_logits.grad[conv, space.choices.index(2)]) == pytest.approx(0.0, abs=1.0)
+
+    with torch.no_grad():
+        space.variant_logits[conv, j8] = -1.0
+    space(torch.zeros(2, 1, 12, 12))
+    _, sel = space.last_choices
+    plan = space.discrete_plan()
+    probs = space.bit_probabilities()
+    for i, layer in enumerate(space.layers):
+        is_conv = space.layer_family[i] == conv
+        assert bool((sel[i].detach().argmax(dim=1) == j8).all()) is not is_conv, layer.name
+        assert (8 in plan.layers[layer.name].bits) is not is_conv, layer.name
+        assert (float(probs[i][:, j8].detach().max()) == 0.0) is is_conv, layer.name
+    assert space.layer_family[space.index["classifier"]] == fc
+    with torch.no_grad():
+        space.variant_logits[conv] = torch.tensor([-3.0, -2.0, -1.0])  # all closed: the family keeps its likeliest
+    assert space.open_variants()[conv].tolist() == [False, False, True]
+    assert set(space.discrete_plan().layers["features.0"].bits) <= {0, 8}
+
+
+@pytest.mark.unit
 def test_repair_drops_a_kernel_variant_rather_than_the_weights():
     """Several conv channels at 8 bits in a 4-bit plan link the 8-bit conv kernel; a flash budget just above
     the uniform 4-bit plan is met by moving them all to 4 bits (dropping that kernel), not by cutting the

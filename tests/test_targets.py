@@ -197,7 +197,11 @@ BAD = [
     ("schema version", _set("schema_version", 2), r"key schema_version: this edgejpq reads version 1, the file says 2"),
     ("qemu address out of range", _set("qemu.ram_base", 1 << 33), r"key qemu\.ram_base: Input should be less than"),
     ("kernel name not an identifier", _set("code_size.per_kernel_bytes.conv 2d", 100),
-     r"key code_size\.per_kernel_bytes\.conv 2d: kernel names are identifiers"),
+     r"key code_size\.per_kernel_bytes\.conv 2d: kernel and object names are identifiers"),
+    ("share of an unknown kernel", _set("code_size.kernel_shares.softmax", ["dsp_dw"]),
+     r"key code_size\.kernel_shares\.softmax: not a kernel of code_size\.per_kernel_bytes"),
+    ("share of an unknown object", _set("code_size.kernel_shares.conv2d_w8", ["dsp_fft"]),
+     r"key code_size\.kernel_shares\.conv2d_w8: 'dsp_fft' is not an object of code_size\.shared_bytes"),
     ("duplicate board", lambda d: d["boards"].append(copy.deepcopy(d["boards"][0])),
      r"key boards\[1\]\.name: board 'nucleo-f446re' is listed twice"),
     ("path is not a key", _set("path", "/elsewhere.yaml"), r"key path: unknown key"),
@@ -290,6 +294,17 @@ def test_kernel_bytes_falls_back_to_the_default() -> None:
     spec = load_target("cortex-m0plus")
     assert spec.kernel_bytes("conv2d_w8") == spec.code_size.per_kernel_bytes["conv2d_w8"]
     assert spec.kernel_bytes("softmax") == spec.code_size.default_kernel_bytes
+
+
+def test_shared_kernel_objects_count_once() -> None:
+    spec = load_target("cortex-m4")
+    shared = spec.code_size.shared_bytes
+    assert set(spec.kernel_shares("conv2d_w8")) == {"dsp_dw", "dsp_im2col", "dsp_rq"}
+    assert spec.kernel_shares("depthwise_conv2d_w4") == ("dsp_dw",) and spec.kernel_shares("add") == ()
+    one = spec.kernels_code_bytes({"conv2d_w8"})
+    assert one == spec.kernel_bytes("conv2d_w8") + sum(shared.values())
+    both = spec.kernels_code_bytes({"conv2d_w8", "conv2d_w4", "depthwise_conv2d_w2"})
+    assert both == one + spec.kernel_bytes("conv2d_w4") + spec.kernel_bytes("depthwise_conv2d_w2")
 
 
 def test_summary_row_for_the_targets_table() -> None:

@@ -320,7 +320,7 @@ def code_bytes(model: QuantizedModel, target: Any) -> int:
     sizes = target.code_size
     layers = sum(1 for op in model.ops if not isinstance(op, Reshape))
     runs = sum(len(op.runs) for op in model.ops if isinstance(op, (Conv2D, FullyConnected)))
-    kernels = sum(target.kernel_bytes(name) for name in kernel_names(model))
+    kernels = target.kernels_code_bytes(kernel_names(model))
     return int(sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs + kernels)
 
 

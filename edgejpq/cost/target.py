@@ -242,8 +242,12 @@ class CodeSize:
     base_bytes: Bytes  # the model's entry function and runtime helpers it pulls in
     per_layer_bytes: Bytes  # one layer's parameter struct and call site
     per_weight_run_bytes: Bytes  # one weight run's descriptor and kernel call
-    per_kernel_bytes: dict[str, Bytes]  # kernel family (conv2d_w8, max_pool, add, ...) → bytes
+    per_kernel_bytes: dict[str, Bytes]  # kernel family (conv2d_w8, max_pool, add, ...) → its own object's bytes
     default_kernel_bytes: Bytes  # for a kernel this file does not list yet
+    # support objects several kernels call (the DSP set's depthwise machinery, ...): linked once however many
+    # kernels use them; name → bytes, and kernel family → the support objects it links
+    shared_bytes: dict[str, Bytes] = field(default_factory=dict)
+    kernel_shares: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -323,8 +327,20 @@ class TargetSpec:
         return table[kind]
 
     def kernel_bytes(self, kernel: str) -> int:
-        """Estimated flash of one kernel family (`conv2d_w8`, `max_pool`, ...), default if unlisted."""
+        """Flash of one kernel family's own object (`conv2d_w8`, `max_pool`, ...), default if unlisted."""
         return self.code_size.per_kernel_bytes.get(kernel, self.code_size.default_kernel_bytes)
+
+    def kernel_shares(self, kernel: str) -> tuple[str, ...]:
+        """The support objects (code_size.shared_bytes) kernel family `kernel` links besides its own."""
+        return tuple(self.code_size.kernel_shares.get(kernel, ()))
+
+    def kernels_code_bytes(self, kernels: Any) -> int:
+        """Flash of the kernel families `kernels` linked together: each one's own object, and every support
+        object any of them calls, once."""
+        kernels = set(kernels)
+        shared = {name for kernel in kernels for name in self.kernel_shares(kernel)}
+        return (sum(self.kernel_bytes(kernel) for kernel in kernels)
+                + sum(self.code_size.shared_bytes[name] for name in shared))
 
     def seconds(self, cycles: Any) -> Any:
         """Cycles → seconds at this target's clock (numbers or torch tensors)."""
@@ -533,9 +549,18 @@ def _check_consistency(spec: TargetSpec) -> tuple[tuple[Any, ...], str] | None:
     for key in ELEMENTWISE_KINDS:
         if key not in elementwise:
             return ("latency", "elementwise_cycles_per_element", key), "required entry is missing"
-    for key in spec.code_size.per_kernel_bytes:
-        if not _C_IDENTIFIER.match(key):
-            return ("code_size", "per_kernel_bytes", key), "kernel names are identifiers (e.g. conv2d_w8)"
+    code = spec.code_size
+    for table in ("per_kernel_bytes", "shared_bytes", "kernel_shares"):
+        for key in getattr(code, table):
+            if not _C_IDENTIFIER.match(key):
+                return ("code_size", table, key), "kernel and object names are identifiers (e.g. conv2d_w8)"
+    for kernel, shares in code.kernel_shares.items():
+        if kernel not in code.per_kernel_bytes:
+            return ("code_size", "kernel_shares", kernel), "not a kernel of code_size.per_kernel_bytes"
+        for name in shares:
+            if name not in code.shared_bytes:
+                return ("code_size", "kernel_shares", kernel), \
+                    f"{name!r} is not an object of code_size.shared_bytes ({', '.join(code.shared_bytes) or 'none'})"
     names = [board.name for board in spec.boards]
     for index, board_name in enumerate(names):
         if board_name in names[:index]:

@@ -23,7 +23,7 @@ from edgejpq.cost.model import (CONSTANT_BYTES_PER_CHANNEL, Geometry, cost_kind,
                                 pool_cycles, slow_requantization, ungrouped_channels, weighted_cycles)
 from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
 from edgejpq.quant.integerize import absorbs_permutation
-from edgejpq.search.space import SearchableGraph
+from edgejpq.search.space import SearchableGraph, kernel_family
 
 
 def slow_requantization_flags(graph: Any, ranges: Mapping[str, tuple[float, float]],
@@ -45,12 +45,6 @@ def slow_requantization_flags(graph: Any, ranges: Mapping[str, tuple[float, floa
             slow = slow_requantization([m for m, _ in mult_shift], [e for _, e in mult_shift])
             flags[layer.name][:, j] = torch.tensor(slow, dtype=torch.float32)
     return flags
-
-
-def kernel_family(layer: WeightedLayer) -> str:
-    """The kernel a searchable layer calls, without its bits (code_size.per_kernel_bytes keys are family_w<bits>;
-    one conv kernel serves pointwise layers too, as in edgejpq.cost.model.kernel_names)."""
-    return "depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear" else "conv2d"
 
 
 @dataclass(frozen=True)
@@ -191,27 +185,36 @@ class CostModel:
         """Code of the plan the current choices make (kept channels at their most likely bits), exactly as
         edgejpq.cost.model.code_bytes counts it for that discrete plan.
 
-        A weighted kernel (family × bits) is linked when any kept channel of its family uses it. Its
-        gradient is that of its size × (1 − Π(1 − keep × p(bits))) over those channels (straight
-        through: the value stays the discrete one): it shows the saving of moving a variant's last
-        channels off it and the cost of moving a channel onto an unused one; while many channels may
-        use a variant it is near zero. The layers, weight runs and other kernels have no gradient."""
+        A weighted kernel (family × bits) is linked when any kept channel of its family uses it, and a
+        support object it calls (code_size.shared_bytes) when any linked kernel does. The gradient is
+        that of each object's size × P(linked), with P(kernel linked) = gate × (1 − Π(1 − keep × p(bits)))
+        over its family's channels (gate: the variant's, SearchableGraph.variant_gates) and P(support
+        linked) = 1 − Π(1 − P(kernel linked)) over its callers, unless every variant of a family calls it
+        (straight through: the value stays the discrete one). Through the channels it shows the saving of moving a variant's last channels off
+        it and the cost of moving a channel onto an unused one, near zero while many channels use it;
+        through the gate it is the variant's whole code, which closing the gate saves. The layers,
+        weight runs and other kernels have no gradient."""
         space = self.space
         sizes = self.target.code_size
         kernels: set[str] = set()
         runs = 0
         unused: dict[str, torch.Tensor] = {}  # kernel -> P(no kept channel uses it)
+        gates: dict[str, torch.Tensor] = {}  # kernel -> its variant gate (1 open, 0 closed; sigmoid gradient)
+        variant_gates = space.variant_gates()
         for layer in space.layers:
             kept = keep[space.groups.layer_group[layer.name]]
-            layer_probs = probs[space.index[layer.name]]
+            i = space.index[layer.name]
+            layer_probs = probs[i]
             family = kernel_family(layer)
             chosen = layer_probs.detach().argmax(dim=1)[kept.detach() > 0.5]
             for j, bits in enumerate(space.choices):
                 name = f"{family}_w{bits}"
                 unused[name] = unused.get(name, torch.ones(())) * torch.prod(1.0 - kept * layer_probs[:, j])
+                gates[name] = variant_gates[space.layer_family[i], j]
                 if bool((chosen == j).any()):
                     kernels.add(name)
             runs += self._runs(layer, kept, layer_probs)
+        unused = {name: 1.0 - gates[name] * (1.0 - p_unused) for name, p_unused in unused.items()}
         for layer in space.graph.layers:
             if isinstance(layer, PoolLayer):
                 kernels.add(f"{layer.mode}_pool")
@@ -221,9 +224,20 @@ class CostModel:
                 kernels.add("concat")
         layers = sum(1 for layer in space.graph.layers if not isinstance(layer, FlattenLayer))
         fixed = (sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs
-                 + sum(self.target.kernel_bytes(k) for k in kernels))
+                 + self.target.kernels_code_bytes(kernels))
+        # a support object every variant of a family calls stays linked whatever the family's channels choose
+        settled = {share for family in space.families
+                   for share in set.intersection(*(set(self.target.kernel_shares(f"{family}_w{bits}"))
+                                                   for bits in space.choices))}
+        shared_unused: dict[str, torch.Tensor] = {}  # support object -> P(no linked kernel calls it)
+        for name in kernels | set(unused):
+            for share in set(self.target.kernel_shares(name)) - settled:
+                p_unused = unused.get(name, torch.zeros(()))  # a kernel without a gradient is linked
+                shared_unused[share] = shared_unused.get(share, torch.ones(())) * p_unused
         soft = sum((self.target.kernel_bytes(name) * (1.0 - p_unused) for name, p_unused in unused.items()),
                    torch.zeros(()))
+        soft = soft + sum((sizes.shared_bytes[share] * (1.0 - p_unused) for share, p_unused in shared_unused.items()),
+                          torch.zeros(()))
         return torch.tensor(float(fixed)) + (soft - soft.detach())
 
     def _arena(self, keep: list[torch.Tensor]) -> torch.Tensor:

@@ -32,9 +32,9 @@ from edgejpq.graph import FloatGraph
 from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
 from edgejpq.quant.integerize import (QuantState, calibrate, derive_quant_state, integer_logits, integerize,
                                      predict_float)
-from edgejpq.search.cost import CostModel, ExpectedCost, kernel_family
+from edgejpq.search.cost import CostModel, ExpectedCost
 from edgejpq.search.groups import ChannelGroups, channel_groups
-from edgejpq.search.space import SearchableGraph
+from edgejpq.search.space import SearchableGraph, kernel_family
 
 Method = Literal["joint", "uniform", "two-stage"]
 Metric = Literal["flash", "ram", "latency"]

@@ -9,7 +9,12 @@ turns into the integer model.
 Choices, per channel:
   - keep or prune: one logit per channel of every channel *group* (edgejpq.search.groups), so
     channels joined by residual adds / depthwise layers live and die together;
-  - weight bits: logits over `choices` (e.g. 2, 4, 8) per output channel of every layer.
+  - weight bits: logits over `choices` (e.g. 2, 4, 8) per output channel of every layer;
+  - kernel variants: one gate per kernel family (conv, depthwise, fully connected) × bit-width.
+    Each variant a plan uses links its own kernel code (several KB on the DSP targets), so a
+    channel may only take a bit-width whose variant is open, and the cost model charges an open,
+    used variant its code. A closed variant (gate logit <= 0) is masked out of its family's
+    channel choices; its gate still learns through the soft choices, so it can open again.
 The forward pass is hard (straight-through): it runs the argmax choice (with Gumbel / logistic
 noise while searching) and back-propagates through the softmax / sigmoid at temperature 1, so
 the model being trained is the discrete one, and the search's cost term is evaluated on that
@@ -32,6 +37,13 @@ from edgejpq.quant.integerize import calibrate, run_layer
 from edgejpq.search.groups import ChannelGroup, ChannelGroups
 
 KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
+VARIANT_INIT = 2.0  # every kernel variant open at the start (a common shift of a family's bit logits)
+
+
+def kernel_family(layer: WeightedLayer) -> str:
+    """The kernel a searchable layer calls, without its bits (code_size.per_kernel_bytes keys are family_w<bits>;
+    one conv kernel serves pointwise layers too, as in edgejpq.cost.model.kernel_names)."""
+    return "depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear" else "conv2d"
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -96,6 +108,9 @@ class SearchableGraph(nn.Module):
         # a slight preference for more bits: the search starts from the accurate end
         init = torch.linspace(0.0, 0.5, len(self.choices))
         self.bit_logits = nn.ParameterList([nn.Parameter(init.repeat(l.out_channels, 1)) for l in self.layers])
+        self.families = tuple(sorted({kernel_family(layer) for layer in self.layers}))
+        self.layer_family = [self.families.index(kernel_family(layer)) for layer in self.layers]
+        self.variant_logits = nn.Parameter(torch.full((len(self.families), len(self.choices)), VARIANT_INIT))
         self.act_lo = nn.ParameterDict()
         self.act_hi = nn.ParameterDict()
         self.temperature = 1.0
@@ -108,7 +123,7 @@ class SearchableGraph(nn.Module):
     # ------------------------------------------------------------------ parameters by role
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [*self.keep_logits, *self.bit_logits]
+        return [*self.keep_logits, *self.bit_logits, *([self.variant_logits] if self.gates_variants else [])]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [*self.weights, *self.biases]
@@ -130,11 +145,47 @@ class SearchableGraph(nn.Module):
                 out.append(torch.sigmoid(logits / self.temperature))
         return out
 
+    @property
+    def gates_variants(self) -> bool:
+        """Whether the kernel variants are searched (several bit-widths, not frozen)."""
+        return len(self.choices) > 1 and self.frozen_bits is None
+
+    def open_variants(self) -> torch.Tensor:
+        """(families × choices) bool: the kernel variants channels may use; at least one per family."""
+        logits = self.variant_logits.detach()
+        if not self.gates_variants:
+            return torch.ones_like(logits, dtype=torch.bool)
+        opened = logits > 0
+        for f in range(len(self.families)):
+            if not bool(opened[f].any()):
+                opened[f, int(logits[f].argmax())] = True
+        return opened
+
+    def variant_gates(self) -> torch.Tensor:
+        """(families × choices): 1 for an open variant, 0 for a closed one, with the sigmoid's gradient
+        (straight through); all ones when the variants are not searched."""
+        if not self.gates_variants:
+            return torch.ones_like(self.variant_logits.detach())
+        soft = torch.sigmoid(self.variant_logits)
+        return self.open_variants().float() + soft - soft.detach()
+
+    def _bit_scores(self, i: int, logits: torch.Tensor) -> torch.Tensor:
+        """Layer i's bit logits with its family's variant gates folded in (log sigmoid: a closing gate
+        draws probability away from its bit-width in every channel of the family)."""
+        if not self.gates_variants:
+            return logits
+        return logits + nn.functional.logsigmoid(self.variant_logits[self.layer_family[i]])
+
+    def _closed(self, i: int) -> torch.Tensor:
+        """Layer i's (choices,) bool mask of closed variants."""
+        return ~self.open_variants()[self.layer_family[i]].to(self.bit_logits[i].device)
+
     def bit_probabilities(self) -> list[torch.Tensor]:
-        """Per layer, (channels × choices) probabilities of each bit-width."""
+        """Per layer, (channels × choices) probabilities of each bit-width (0 for a closed variant)."""
         if self.frozen_bits is not None:
             return [self._one_hot_bits(b) for b in self.frozen_bits]
-        return [torch.softmax(logits / self.temperature, dim=1) for logits in self.bit_logits]
+        return [torch.softmax((self._bit_scores(i, logits) / self.temperature).masked_fill(self._closed(i), -torch.inf),
+                              dim=1) for i, logits in enumerate(self.bit_logits)]
 
     def channel_magnitudes(self) -> list[torch.Tensor]:
         """Per group, each channel's mean |w| over its layer's mean, summed over the group's layers: the
@@ -181,11 +232,13 @@ class SearchableGraph(nn.Module):
         if self.soft or self.frozen_bits is not None:
             return probs
         out = []
-        for logits in self.bit_logits:
-            scores = logits
+        for i, logits in enumerate(self.bit_logits):
+            logits = self._bit_scores(i, logits)
+            scores = logits.detach()
             if self.explore:
-                u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
-                scores = logits - torch.log(-torch.log(u)) * self.temperature
+                u = torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)
+                scores = scores - torch.log(-torch.log(u)) * self.temperature
+            scores = scores.masked_fill(self._closed(i), -torch.inf)
             hard = nn.functional.one_hot(scores.argmax(dim=1), len(self.choices)).float()
             straight = torch.softmax(logits, dim=1)
             out.append(hard + straight - straight.detach())
@@ -281,7 +334,8 @@ class SearchableGraph(nn.Module):
             if self.frozen_bits is not None:
                 bits = self.frozen_bits[i].cpu()
             else:
-                bits = torch.tensor(self.choices)[self.bit_logits[i].detach().argmax(dim=1).cpu()]
+                scores = self._bit_scores(i, self.bit_logits[i]).detach().masked_fill(self._closed(i), -torch.inf)
+                bits = torch.tensor(self.choices)[scores.argmax(dim=1).cpu()]
             mask = keep[self.groups.layer_group[layer.name]]
             layers[layer.name] = LayerPlan(tuple(int(b) if m else 0 for b, m in zip(bits.tolist(), mask.tolist())))
         return PrecisionPlan(layers)

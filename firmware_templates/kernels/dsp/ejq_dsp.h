@@ -203,12 +203,9 @@ EJQ_INLINE int32_t ejq_clamp(int32_t z, int32_t act_min, int32_t act_max)
     return z > act_max ? act_max : z;
 }
 
-/* The general path, out of line (rare: it keeps the fast path's registers free where it is inlined). */
-static __attribute__((noinline, unused)) int8_t ejq_rq_general(int32_t x, const ejq_rq *q, int32_t output_offset,
-                                                               int32_t act_min, int32_t act_max)
-{
-    return ejq_requantize_s8(x, q->multiplier, q->m2, output_offset, act_min, act_max);
-}
+/* The general path, out of line in ejq_dsp_rq.c (rare: it keeps the fast path's registers free where the
+   fast path is inlined; one copy however many kernels call it). */
+int8_t ejq_rq_general(int32_t x, const ejq_rq *q, int32_t output_offset, int32_t act_min, int32_t act_max);
 
 /* Requantize accumulator x (bias included) of one channel: int8 in [act_min, act_max]. */
 EJQ_INLINE int8_t ejq_rq_apply(int32_t x, const ejq_rq *q, int32_t output_offset, int32_t act_min, int32_t act_max)
