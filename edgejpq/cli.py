@@ -711,13 +711,23 @@ def targets(as_json: JsonOpt = False) -> None:
         print(json.dumps({"targets": rows}, sort_keys=True))
 
 
-def _code_hint(cost: Any, config: Any) -> list[tuple[str, str]]:
-    """A summary row when code takes most of the flash and the search could use several bit-widths."""
-    if config.method == "uniform" or len(config.choices) < 2 or 2 * cost.code_bytes <= cost.flash_bytes:
-        return []
-    return [("note", f"code is {100 * cost.code_bytes / cost.flash_bytes:.0f}% of the flash: every bit-width the "
-                     f"plan uses links its kernels (the target file's code_size), so with a small flash budget "
-                     f"fewer --bits (e.g. --bits 4) leave the weights more")]
+def _code_rows(result: Any, config: Any) -> list[tuple[str, str]]:
+    """Summary rows on the code: the kernel variants the plan links, and a note when code takes most of the flash."""
+    from edgejpq.cost.model import kernel_names
+
+    variants: dict[str, list[str]] = {}
+    for name in sorted(kernel_names(result.model)):
+        family, _, bits = name.rpartition("_w")
+        if family and bits.isdigit():
+            variants.setdefault(family, []).append(bits)
+    rows = [("kernel variants", "; ".join(f"{family} {','.join(sorted(b, key=int))}-bit"
+                                          for family, b in variants.items()))]
+    cost = result.cost
+    if config.method != "uniform" and len(config.choices) > 1 and 2 * cost.code_bytes > cost.flash_bytes:
+        rows.append(("note", f"code is {100 * cost.code_bytes / cost.flash_bytes:.0f}% of the flash: every bit-width "
+                             f"a kernel family uses links its kernel (the target file's code_size); the search "
+                             f"drops the variants it cannot afford, and --bits 4 allows one width only"))
+    return rows
 
 
 def _bit_widths(text: Optional[str]) -> tuple[int, ...]:
@@ -846,7 +856,7 @@ def search(
             ("latency", f"{cost.latency_ms:.3f} ms" + (f" / budget {budgets.latency_ms}" if budgets.latency_ms else "")),
             ("accuracy float / fake-quant / integer",
              f"{_pct(result.accuracy_float)} / {_pct(result.accuracy_fake_quant)} / {_pct(result.accuracy_integer)}"),
-            *_code_hint(cost, config),
+            *_code_rows(result, config),
             ("wall time", f"{result.seconds:.0f} s"), ("files", "plan.json model.ejq report.md training.png")],
             as_json, summary)
         return

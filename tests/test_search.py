@@ -201,6 +201,25 @@ def test_a_closed_kernel_variant_is_never_chosen_and_its_gate_prices_its_code():
 
 
 @pytest.mark.unit
+def test_search_summary_names_the_kernel_variants_the_plan_links():
+    from types import SimpleNamespace
+
+    from edgejpq.cli import _code_rows
+
+    target = load_target("cortex-m4")
+    graph, _, ev, _ = _cnn_space(target)
+    layers = dict(uniform_plan(graph, 4).layers)
+    layers["features.3"] = LayerPlan((8, 0) + layers["features.3"].bits[2:])
+    layers["classifier"] = LayerPlan((2,) * len(layers["classifier"].bits))
+    model = ev.model(PrecisionPlan(layers))
+    result = SimpleNamespace(model=model, cost=model_cost(model, target))
+    rows = dict(_code_rows(result, SimpleNamespace(method="joint", choices=(2, 4, 8))))
+    assert rows["kernel variants"] == "conv2d 4,8-bit; fully_connected 2-bit"
+    assert ("note" in rows) == (2 * result.cost.code_bytes > result.cost.flash_bytes)
+    assert "note" not in dict(_code_rows(result, SimpleNamespace(method="joint", choices=(4,))))
+
+
+@pytest.mark.unit
 def test_repair_drops_a_kernel_variant_rather_than_the_weights():
     """Several conv channels at 8 bits in a 4-bit plan link the 8-bit conv kernel; a flash budget just above
     the uniform 4-bit plan is met by moving them all to 4 bits (dropping that kernel), not by cutting the
