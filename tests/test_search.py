@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edgejpq.cost.model import model_cost
+from edgejpq.cost.model import kernel_names, model_cost
 from edgejpq.cost.target import load_target
 from edgejpq.data import load_dataset
 from edgejpq.errors import EdgejpqError
@@ -23,7 +23,7 @@ from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
 from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, hard_choices, magnitude_pruned_plan, metric_value,
                                 minimal_plan,
-                                repair, run_search)
+                                fill, repair, run_search)
 from edgejpq.search.space import SearchableGraph, fake_quant_activation
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
@@ -293,10 +293,43 @@ def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_fr
     budgets = Budgets(flash_bytes=int(values["flash"]) + 1 if "flash" in values else None,
                       ram_bytes=int(values["ram"]) + 4 if "ram" in values else None,
                       latency_ms=values.get("latency", 0) * 1.0001 if "latency" in values else None)
-    plan, _ = repair(space, start, budgets, ev, CostModel(space, target, ev.model(uniform_plan(graph, 8))))
-    final = ev.cost(plan)
+    cost_model = CostModel(space, target, ev.model(uniform_plan(graph, 8)))
+    plan, _ = repair(space, start, budgets, ev, cost_model)
+    repaired = ev.cost(plan)
+    for metric, budget in budgets.items():
+        assert metric_value(repaired, metric) <= budget, metric
+    filled, _ = fill(space, plan, budgets, ev, cost_model, max_steps=20)
+    final = ev.cost(filled)
     for metric, budget in budgets.items():
         assert metric_value(final, metric) <= budget, metric
+    assert kernel_names(ev.model(filled)) <= kernel_names(ev.model(plan))  # fill links no new kernel
+    assert final.weight_bytes >= repaired.weight_bytes
+
+
+@pytest.mark.unit
+def test_fill_spends_the_budget_the_search_left():
+    """A 2-bit plan with half its channels pruned, under a budget that holds the uniform 4-bit plan: fill
+    re-keeps channels and raises bit-widths to variants already linked while the budget holds."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    two = uniform_plan(graph, 2)
+    start = PrecisionPlan({name: LayerPlan(tuple(0 if name != "classifier" and i % 2 else b
+                                                 for i, b in enumerate(lp.bits))) for name, lp in two.layers.items()})
+    layers = dict(start.layers)
+    layers["features.3"] = LayerPlan((4,) + start.layers["features.3"].bits[1:])  # links conv2d_w4
+    start = PrecisionPlan(layers)
+    budget = Budgets(flash_bytes=ev.cost(uniform_plan(graph, 4)).flash_bytes)
+    before = ev.cost(start)
+    assert before.flash_bytes < budget.flash_bytes - 4000
+    filled, steps = fill(space, start, budget, ev, cost_model)
+    after = ev.cost(filled)
+    assert steps > 0 and after.flash_bytes <= budget.flash_bytes
+    # every conv channel kept at 4 bits (which drops the 2-bit conv kernel); the classifier stays at 2 bits,
+    # the only fully connected variant linked
+    assert all(set(lp.bits) == {4} for name, lp in filled.layers.items() if name != "classifier"), filled.layers
+    assert filled.layers["classifier"] == start.layers["classifier"]
+    assert kernel_names(ev.model(filled)) == kernel_names(ev.model(start)) - {"conv2d_w2"}
+    assert fill(space, start, Budgets(), ev, cost_model) == (start, 0)
 
 
 def _repair_fixture():

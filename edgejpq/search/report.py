@@ -27,7 +27,8 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
     summary = {
         **header, "cost": cost.as_dict(), "accuracy_float": result.accuracy_float,
         "accuracy_fake_quant": result.accuracy_fake_quant, "accuracy_integer": result.accuracy_integer,
-        "seconds": round(result.seconds, 1), "repair_steps": result.repair_steps, "hash": content_hash,
+        "seconds": round(result.seconds, 1), "repair_steps": result.repair_steps,
+        "fill_steps": result.fill_steps, "hash": content_hash,
         "plan": result.plan.summary(),
     }
     atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())

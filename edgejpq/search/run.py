@@ -116,6 +116,7 @@ class SearchResult:
     accuracy_integer: float
     seconds: float
     repair_steps: int
+    fill_steps: int = 0
 
 
 def metric_value(report: CostReport, metric: Metric) -> float:
@@ -388,6 +389,78 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
 
 
+def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
+         cost_model: CostModel, max_steps: int = 200, patience: int = 25) -> tuple[PrecisionPlan, int]:
+    """Spend what the budgets leave: keep pruned channels again and raise channels to the next bit-width
+    their family already links, cheapest per unit of the search's preference first, while every budget
+    holds under the exact cost model. (The search pays each kernel variant's code while many channels
+    may use it and stops paying when it drops it, so it can end well under a flash budget with the
+    weights sized for a smaller one.) Returns the plan and the number of accepted steps."""
+    if not budgets.items():
+        return plan, 0
+    choices = space.choices
+    clock = int(evaluator.target.clock_hz)
+    probs = [torch.softmax(space.bit_scores(i, logits).detach().cpu(), dim=1)  # temperature 1, as repair
+             for i, logits in enumerate(space.bit_logits)]
+    keep_probs = [torch.sigmoid(logits.detach().cpu()) for logits in space.keep_logits]
+    rejected: set[tuple[str, int, int]] = set()
+    steps = misses = 0
+
+    def fits(candidate: PrecisionPlan) -> bool:
+        report = evaluator.cost(candidate)
+        return all(metric_value(report, m) <= b for m, b in budgets.items())
+
+    while steps < max_steps and misses < patience:
+        keep, sel = hard_choices(space, plan)
+        sum(_expected(cost_model(keep=keep, probs=sel), m, clock) / b for m, b in budgets.items()).backward()
+        layers = {name: list(lp.bits) for name, lp in plan.layers.items()}
+        linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers) for b in layers[layer.name] if b}
+
+        def likeliest(i: int, o: int) -> int:  # a re-kept channel's bits: its likeliest linked variant
+            options = [j for j, c in enumerate(choices) if (space.layer_family[i], c) in linked]
+            return choices[max(options, key=lambda j: float(probs[i][o, j]))]
+
+        candidates: list[tuple[float, str, int, int]] = []  # (cost per preference, kind, index, channel)
+        for i, layer in enumerate(space.layers):
+            grad = sel[i].grad if sel[i].grad is not None else torch.zeros_like(sel[i])
+            for o, bits in enumerate(layers[layer.name]):
+                higher = [c for c in choices if c > bits and (space.layer_family[i], c) in linked]
+                if bits and higher and ("bits", i, o) not in rejected:
+                    j, k = choices.index(bits), choices.index(higher[0])
+                    cost = max(float(grad[o, k] - grad[o, j]), 1e-9)
+                    candidates.append((cost / (float(probs[i][o, k]) + 1e-3), "bits", i, o))
+        if space.prune and space.frozen_keep is None:  # two-stage's pruning is its first stage's
+            for g in space.groups.prunable:
+                grad = keep[g.index].grad if keep[g.index].grad is not None else torch.zeros_like(keep[g.index])
+                for c, bits in enumerate(layers[g.members[0]]):
+                    if not bits and ("keep", g.index, c) not in rejected:
+                        cost = max(float(grad[c]), 1e-9)
+                        candidates.append((cost / (float(keep_probs[g.index][c]) + 1e-3), "keep", g.index, c))
+        if not candidates:
+            break
+        candidates.sort()
+        for batch in (candidates[: max(1, len(candidates) // 50)], candidates[:1]):
+            trial = {name: list(bits) for name, bits in layers.items()}
+            for _, kind, index, channel in batch:
+                if kind == "bits":
+                    name = space.layers[index].name
+                    trial[name][channel] = choices[choices.index(trial[name][channel]) + 1]
+                    while (space.layer_family[index], trial[name][channel]) not in linked:
+                        trial[name][channel] = choices[choices.index(trial[name][channel]) + 1]
+                else:
+                    for name in space.groups.groups[index].members:
+                        trial[name][channel] = likeliest(space.index[name], channel)
+            candidate = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in trial.items()})
+            if fits(candidate):
+                plan, steps, misses = candidate, steps + 1, 0
+                break
+        else:
+            _, kind, index, channel = candidates[0]
+            rejected.add((kind, index, channel))
+            misses += 1
+    return plan, steps
+
+
 def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostReport,
                   violated: list[tuple[Metric, float]], evaluator: Evaluator) -> tuple[float, PrecisionPlan] | None:
     """The best move of every channel on one kernel variant (family × bits) to the next lower bit-width:
@@ -419,7 +492,7 @@ def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostRepor
 
 
 def _save_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph, plan: PrecisionPlan,
-                     history: list[EpochRecord], repair_steps: int) -> None:
+                     history: list[EpochRecord], repair_steps: int, fill_steps: int) -> None:
     import io
 
     from edgejpq.artifact import atomic_write_bytes
@@ -428,11 +501,12 @@ def _save_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph, p
     torch.save({"format": "edgejpq.search_checkpoint", "schema_version": 1, "method": config.method,
                 "plan": plan.to_json(), "weights": [w.detach().cpu() for w in space.weights],
                 "biases": [b.detach().cpu() for b in space.biases], "history": [asdict(r) for r in history],
-                "repair_steps": repair_steps}, buffer)
+                "repair_steps": repair_steps, "fill_steps": fill_steps}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph) -> tuple[PrecisionPlan, list[EpochRecord], int]:
+def _load_checkpoint(path: Path, config: SearchConfig,
+                     space: SearchableGraph) -> tuple[PrecisionPlan, list[EpochRecord], int, int]:
     import json as _json
 
     from edgejpq.plan import load_plan_body
@@ -450,7 +524,8 @@ def _load_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph) -
         for param, value in zip([*space.weights, *space.biases], [*saved["weights"], *saved["biases"]]):
             param.copy_(value)
     plan = load_plan_body(_json.loads(saved["plan"]), space.graph, where=str(path))
-    return plan, [EpochRecord(**r) for r in saved["history"]], int(saved["repair_steps"])
+    return (plan, [EpochRecord(**r) for r in saved["history"]], int(saved["repair_steps"]),
+            int(saved.get("fill_steps", 0)))
 
 
 def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig,
@@ -470,11 +545,11 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full_cost = evaluator.cost(full)
     trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
-    repair_steps = 0
+    repair_steps = fill_steps = 0
 
     if resume and checkpoint is not None and checkpoint.exists() and config.method != "uniform":
         space = SearchableGraph(graph, groups, choices=choices)
-        plan, trainer.history, repair_steps = _load_checkpoint(checkpoint, config, space)
+        plan, trainer.history, repair_steps, fill_steps = _load_checkpoint(checkpoint, config, space)
         finetune_epochs = config.finetune_epochs
     elif config.method == "uniform":
         plan = uniform_plan(graph, config.bits)
@@ -499,11 +574,12 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
         space.frozen_keep = None if config.method == "joint" else space.frozen_keep
-        plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator,
-                                    CostModel(space, target, evaluator.model(full), evaluator.ranges))
+        exact_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
+        plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, exact_model)
+        plan, fill_steps = fill(space, plan, config.budgets, evaluator, exact_model)
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps)
+            _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps)
 
     # quantization-aware fine-tuning of the discrete plan, activation ranges learned
     space.prepare_finetune(plan, calib)
@@ -521,7 +597,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     acc_int = float((integer_logits(model, x).argmax(1) == y).mean())
     return SearchResult(plan=plan, model=model, cost=model_cost(model, target), history=tuple(trainer.history),
                         accuracy_float=acc_float, accuracy_fake_quant=acc_fake, accuracy_integer=acc_int,
-                        seconds=time.perf_counter() - start, repair_steps=repair_steps)
+                        seconds=time.perf_counter() - start, repair_steps=repair_steps, fill_steps=fill_steps)
 
 
 def _jsonable(value: Any) -> Any:

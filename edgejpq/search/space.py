@@ -169,7 +169,7 @@ class SearchableGraph(nn.Module):
         soft = torch.sigmoid(self.variant_logits)
         return self.open_variants().float() + soft - soft.detach()
 
-    def _bit_scores(self, i: int, logits: torch.Tensor) -> torch.Tensor:
+    def bit_scores(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         """Layer i's bit logits with its family's variant gates folded in (log sigmoid: a closing gate
         draws probability away from its bit-width in every channel of the family)."""
         if not self.gates_variants:
@@ -184,7 +184,7 @@ class SearchableGraph(nn.Module):
         """Per layer, (channels × choices) probabilities of each bit-width (0 for a closed variant)."""
         if self.frozen_bits is not None:
             return [self._one_hot_bits(b) for b in self.frozen_bits]
-        return [torch.softmax((self._bit_scores(i, logits) / self.temperature).masked_fill(self._closed(i), -torch.inf),
+        return [torch.softmax((self.bit_scores(i, logits) / self.temperature).masked_fill(self._closed(i), -torch.inf),
                               dim=1) for i, logits in enumerate(self.bit_logits)]
 
     def channel_magnitudes(self) -> list[torch.Tensor]:
@@ -233,7 +233,7 @@ class SearchableGraph(nn.Module):
             return probs
         out = []
         for i, logits in enumerate(self.bit_logits):
-            logits = self._bit_scores(i, logits)
+            logits = self.bit_scores(i, logits)
             scores = logits.detach()
             if self.explore:
                 u = torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)
@@ -334,7 +334,7 @@ class SearchableGraph(nn.Module):
             if self.frozen_bits is not None:
                 bits = self.frozen_bits[i].cpu()
             else:
-                scores = self._bit_scores(i, self.bit_logits[i]).detach().masked_fill(self._closed(i), -torch.inf)
+                scores = self.bit_scores(i, self.bit_logits[i]).detach().masked_fill(self._closed(i), -torch.inf)
                 bits = torch.tensor(self.choices)[scores.argmax(dim=1).cpu()]
             mask = keep[self.groups.layer_group[layer.name]]
             layers[layer.name] = LayerPlan(tuple(int(b) if m else 0 for b, m in zip(bits.tolist(), mask.tolist())))
