@@ -861,12 +861,13 @@ def kernel_function(case: KernelCase) -> str:
             "concat": "ejq_concat_requant_s8", "copy": "ejq_copy_s8"}[case.kind]
 
 
-def kernel_family(case: KernelCase) -> str:
-    """The key of `case`'s kernel in code_size.per_kernel_bytes (edgejpq.cost.model.kernel_names)."""
+def case_kernel(case: KernelCase) -> str:
+    """The key of `case`'s kernel in code_size.per_kernel_bytes (edgejpq.cost.model.kernel_key)."""
+    from edgejpq.cost.model import kernel_key
+
     if case.weighted:
-        family = {"pointwise_conv2d": "conv2d"}.get(case.kind, case.kind)  # one conv kernel serves both
-        return f"{family}_w{case.bits}"
-    return {"maxpool": "max_pool", "avgpool": "avg_pool"}.get(case.kind, case.kind)
+        return kernel_key(case.kind, case.bits)
+    return kernel_key({"maxpool": "max", "avgpool": "avg"}.get(case.kind, case.kind))
 
 
 def code_size_cases() -> list[KernelCase]:
@@ -904,9 +905,9 @@ def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
 
     Each kernel's bytes are its object's sections kept by the link (--gc-sections drops what the
     layer does not call), and the support objects it links (shared by several kernels) are listed
-    apart with their bytes, so a model pays for them once; the model code (`<name>_model.c`: invoke, parameter structs, run tables) is
-    fitted as base + per layer + per weight run by least squares; the runtime library routines
-    the kernels pull in go into the base."""
+    apart with their bytes, so a model pays for them once; the model code (`<name>_model.c`:
+    invoke, parameter structs, run tables) is fitted as base + per layer + per weight run by least
+    squares; the runtime library routines the kernels pull in go into the base."""
     from codegen.generate import generate_sources
     from codegen.lower import KERNEL_SOURCES
     from edgejpq.emulate.qemu import build_qemu
@@ -937,7 +938,7 @@ def measure_code_size(target: "TargetSpec", workdir: Path, workers: int = 2,
         if obj not in sizes.kernels:
             raise EdgejpqError(f"{case.label}: the firmware links no {obj} (linked: {', '.join(sizes.kernels)}); "
                                f"this is a bug in edgejpq")
-        family = kernel_family(case)
+        family = case_kernel(case)
         kernels[family] = max(kernels.get(family, 0), sizes.kernels[obj])
         for support, size in sizes.kernels.items():
             if support not in entries:

@@ -761,8 +761,8 @@ def search(
     method: Annotated[str, typer.Option(help="joint | uniform | two-stage")] = "joint",
     bits: Annotated[Optional[str], typer.Option(
         help="--method uniform: its bit-width (default 8). joint and two-stage: the bit-widths a channel may take "
-             "(default 2,4,8); each one the plan uses costs its kernels' flash (the target file's code_size), so a "
-             "small flash budget may leave the weights more with fewer.")] = None,
+             "(default 2,4,8); each one a kernel family uses links its kernel (the target file's code_size), and the "
+             "search drops the ones it cannot afford.")] = None,
     epochs: Annotated[int, typer.Option(min=0, help="Search epochs (uniform: QAT epochs).")] = 4,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="Quantization-aware fine-tuning epochs.")] = 2,
     pretrain_epochs: Annotated[int, typer.Option(min=0, help="Float epochs when --model is a spec.")] = 3,

@@ -300,18 +300,29 @@ class CostReport:
                 "cycles": round(self.cycles), "latency_ms": round(self.latency_ms, 4), "macs": self.macs}
 
 
+def kernel_family(kind: str) -> str:
+    """The kernel family of a weighted op of latency kind `kind` (one conv kernel serves pointwise layers)."""
+    return "conv2d" if kind == "pointwise_conv2d" else kind
+
+
+def kernel_key(kind: str, bits: int | None = None) -> str:
+    """The code_size key of the kernel an op of kind `kind` calls: <family>_w<bits> for a weighted op at
+    `bits`, <mode>_pool for pooling (kind max / avg), the kind itself otherwise."""
+    if bits is not None:
+        return f"{kernel_family(kind)}_w{bits}"
+    return f"{kind}_pool" if kind in ("max", "avg") else kind
+
+
 def kernel_names(model: QuantizedModel) -> set[str]:
     """Kernel families × bit-widths the generated C will contain (for the code-size estimate)."""
     names = set()
     for op in model.ops:
-        kind = op_kind(op)
         if isinstance(op, (Conv2D, FullyConnected)):
-            family = "conv2d" if kind == "pointwise_conv2d" else kind  # one conv kernel serves both
-            names.update(f"{family}_w{run.bits}" for run in op.runs)
+            names.update(kernel_key(op_kind(op), run.bits) for run in op.runs)
         elif isinstance(op, Pool):
-            names.add(f"{op.mode}_pool")
+            names.add(kernel_key(op.mode))
         elif not isinstance(op, Reshape):
-            names.add(kind)
+            names.add(kernel_key(op_kind(op)))
     return names
 
 

@@ -20,10 +20,10 @@ import torch
 from edgejpq.artifact import QuantizedModel
 from edgejpq.cost.memory import arena_buffers
 from edgejpq.cost.model import (CONSTANT_BYTES_PER_CHANNEL, Geometry, cost_kind, elementwise_cycles, kernel_counts,
-                                pool_cycles, slow_requantization, ungrouped_channels, weighted_cycles)
+                                kernel_key, pool_cycles, slow_requantization, ungrouped_channels, weighted_cycles)
 from edgejpq.graph import AddLayer, ConcatLayer, FlattenLayer, PoolLayer, WeightedLayer
 from edgejpq.quant.integerize import absorbs_permutation
-from edgejpq.search.space import SearchableGraph, kernel_family
+from edgejpq.search.space import SearchableGraph, layer_kind
 
 
 def slow_requantization_flags(graph: Any, ranges: Mapping[str, tuple[float, float]],
@@ -133,8 +133,7 @@ class CostModel:
                 else:
                     k = taps * self.channels(layer.input, keep) * self.features[layer.input]
                 by_bits = {bits: (kept_out * probs[i][:, j]).sum() for j, bits in enumerate(space.choices)}
-                kind = ("depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear"
-                        else "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d")
+                kind = layer_kind(layer)
                 kept = kept_out.sum()
                 run_list = self._run_list(layer, kept_out, probs[i])
                 runs = len(run_list)
@@ -189,11 +188,11 @@ class CostModel:
         support object it calls (code_size.shared_bytes) when any linked kernel does. The gradient is
         that of each object's size × P(linked), with P(kernel linked) = gate × (1 − Π(1 − keep × p(bits)))
         over its family's channels (gate: the variant's, SearchableGraph.variant_gates) and P(support
-        linked) = 1 − Π(1 − P(kernel linked)) over its callers, unless every variant of a family calls it
-        (straight through: the value stays the discrete one). Through the channels it shows the saving of moving a variant's last channels off
-        it and the cost of moving a channel onto an unused one, near zero while many channels use it;
-        through the gate it is the variant's whole code, which closing the gate saves. The layers,
-        weight runs and other kernels have no gradient."""
+        linked) = 1 − Π(1 − P(kernel linked)) over its callers, unless every variant of a family calls
+        it (straight through: the value stays the discrete one). Through the channels it shows the
+        saving of moving a variant's last channels off it and the cost of moving a channel onto an
+        unused one, near zero while many channels use it; through the gate it is the variant's whole
+        code, which closing the gate saves. The layers, weight runs and other kernels have no gradient."""
         space = self.space
         sizes = self.target.code_size
         kernels: set[str] = set()
@@ -205,10 +204,10 @@ class CostModel:
             kept = keep[space.groups.layer_group[layer.name]]
             i = space.index[layer.name]
             layer_probs = probs[i]
-            family = kernel_family(layer)
+            kind = layer_kind(layer)
             chosen = layer_probs.detach().argmax(dim=1)[kept.detach() > 0.5]
             for j, bits in enumerate(space.choices):
-                name = f"{family}_w{bits}"
+                name = kernel_key(kind, bits)
                 unused[name] = unused.get(name, torch.ones(())) * torch.prod(1.0 - kept * layer_probs[:, j])
                 gates[name] = variant_gates[space.layer_family[i], j]
                 if bool((chosen == j).any()):
@@ -217,7 +216,7 @@ class CostModel:
         unused = {name: 1.0 - gates[name] * (1.0 - p_unused) for name, p_unused in unused.items()}
         for layer in space.graph.layers:
             if isinstance(layer, PoolLayer):
-                kernels.add(f"{layer.mode}_pool")
+                kernels.add(kernel_key(layer.mode))
             elif isinstance(layer, AddLayer):
                 kernels.add("add")
             elif isinstance(layer, ConcatLayer):
@@ -227,7 +226,7 @@ class CostModel:
                  + self.target.kernels_code_bytes(kernels))
         # a support object every variant of a family calls stays linked whatever the family's channels choose
         settled = {share for family in space.families
-                   for share in set.intersection(*(set(self.target.kernel_shares(f"{family}_w{bits}"))
+                   for share in set.intersection(*(set(self.target.kernel_shares(kernel_key(family, bits)))
                                                    for bits in space.choices))}
         shared_unused: dict[str, torch.Tensor] = {}  # support object -> P(no linked kernel calls it)
         for name in kernels | set(unused):

@@ -34,7 +34,7 @@ from edgejpq.quant.integerize import (QuantState, calibrate, derive_quant_state,
                                      predict_float)
 from edgejpq.search.cost import CostModel, ExpectedCost
 from edgejpq.search.groups import ChannelGroups, channel_groups
-from edgejpq.search.space import SearchableGraph, kernel_family
+from edgejpq.search.space import SearchableGraph, layer_family
 
 Method = Literal["joint", "uniform", "two-stage"]
 Metric = Literal["flash", "ram", "latency"]
@@ -470,7 +470,7 @@ def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostRepor
     for i, layer in enumerate(space.layers):
         for o, bits in enumerate(plan.layers[layer.name].bits):
             if bits and bits != choices[0]:
-                used.setdefault((kernel_family(layer), bits), []).append((i, o))
+                used.setdefault((layer_family(layer), bits), []).append((i, o))
     probs = [torch.softmax(logits.detach().cpu(), dim=1) for logits in space.bit_logits]
     best: tuple[float, PrecisionPlan] | None = None
     for (_, bits), channels in used.items():

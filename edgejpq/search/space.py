@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgejpq.cost.model import kernel_family
 from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
 from edgejpq.plan import LayerPlan, PrecisionPlan
 from edgejpq.quant.integerize import calibrate, run_layer
@@ -40,10 +41,18 @@ KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
 VARIANT_INIT = 2.0  # every kernel variant open at the start (a common shift of a family's bit logits)
 
 
-def kernel_family(layer: WeightedLayer) -> str:
-    """The kernel a searchable layer calls, without its bits (code_size.per_kernel_bytes keys are family_w<bits>;
-    one conv kernel serves pointwise layers too, as in edgejpq.cost.model.kernel_names)."""
-    return "depthwise_conv2d" if layer.depthwise else "fully_connected" if layer.kind == "linear" else "conv2d"
+def layer_kind(layer: WeightedLayer) -> str:
+    """The latency table's kind of a searchable layer (edgejpq.cost.model.op_kind of its exported op)."""
+    if layer.depthwise:
+        return "depthwise_conv2d"
+    if layer.kind == "linear":
+        return "fully_connected"
+    return "pointwise_conv2d" if layer.kernel == (1, 1) else "conv2d"
+
+
+def layer_family(layer: WeightedLayer) -> str:
+    """The kernel family a searchable layer calls (edgejpq.cost.model.kernel_family)."""
+    return kernel_family(layer_kind(layer))
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -108,8 +117,8 @@ class SearchableGraph(nn.Module):
         # a slight preference for more bits: the search starts from the accurate end
         init = torch.linspace(0.0, 0.5, len(self.choices))
         self.bit_logits = nn.ParameterList([nn.Parameter(init.repeat(l.out_channels, 1)) for l in self.layers])
-        self.families = tuple(sorted({kernel_family(layer) for layer in self.layers}))
-        self.layer_family = [self.families.index(kernel_family(layer)) for layer in self.layers]
+        self.families = tuple(sorted({layer_family(layer) for layer in self.layers}))
+        self.layer_family = [self.families.index(layer_family(layer)) for layer in self.layers]
         self.variant_logits = nn.Parameter(torch.full((len(self.families), len(self.choices)), VARIANT_INIT))
         self.act_lo = nn.ParameterDict()
         self.act_hi = nn.ParameterDict()
