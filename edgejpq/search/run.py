@@ -439,7 +439,8 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
         if not candidates:
             break
         candidates.sort()
-        for batch in (candidates[: max(1, len(candidates) // 50)], candidates[:1]):
+        size = max(1, len(candidates) // 50)
+        for batch in (candidates[:size], *([candidates[:1]] if size > 1 else [])):  # a batch, else the best alone
             trial = {name: list(bits) for name, bits in layers.items()}
             for _, kind, index, channel in batch:
                 if kind == "bits":
@@ -574,9 +575,9 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
         space.frozen_keep = None if config.method == "joint" else space.frozen_keep
-        exact_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
-        plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, exact_model)
-        plan, fill_steps = fill(space, plan, config.budgets, evaluator, exact_model)
+        plan_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)  # its gradients rank the moves
+        plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, plan_model)
+        plan, fill_steps = fill(space, plan, config.budgets, evaluator, plan_model)
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps)
