@@ -713,15 +713,15 @@ def targets(as_json: JsonOpt = False) -> None:
 
 def _code_rows(result: Any, config: Any) -> list[tuple[str, str]]:
     """Summary rows on the code: the kernel variants the plan links, and a note when code takes most of the flash."""
-    from edgejpq.cost.model import kernel_names
+    from edgejpq.artifact import Conv2D, FullyConnected
+    from edgejpq.cost.model import kernel_family, op_kind
 
-    variants: dict[str, list[str]] = {}
-    for name in sorted(kernel_names(result.model)):
-        family, _, bits = name.rpartition("_w")
-        if family and bits.isdigit():
-            variants.setdefault(family, []).append(bits)
-    rows = [("kernel variants", "; ".join(f"{family} {','.join(sorted(b, key=int))}-bit"
-                                          for family, b in variants.items()))]
+    variants: dict[str, set[int]] = {}
+    for op in result.model.ops:
+        if isinstance(op, (Conv2D, FullyConnected)):
+            variants.setdefault(kernel_family(op_kind(op)), set()).update(run.bits for run in op.runs)
+    rows = [("kernel variants", "; ".join(f"{family} {','.join(map(str, sorted(bits)))}-bit"
+                                          for family, bits in sorted(variants.items())))]
     cost = result.cost
     if config.method != "uniform" and len(config.choices) > 1 and 2 * cost.code_bytes > cost.flash_bytes:
         rows.append(("note", f"code is {100 * cost.code_bytes / cost.flash_bytes:.0f}% of the flash: every bit-width "

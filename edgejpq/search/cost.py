@@ -61,6 +61,10 @@ class CostModel:
                  ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
         self.space = space
         self.target = target
+        # support objects every variant of a family calls: linked whatever the family's channels choose
+        self.settled = {share for family in space.families
+                        for share in set.intersection(*(set(target.kernel_shares(kernel_key(family, bits)))
+                                                        for bits in space.choices))}
         graph = space.graph
         shapes = graph.shapes
         self.pixels = {t: (s[1] * s[2] if len(s) == 3 else s[1] if len(s) == 2 else 1) for t, s in shapes.items()}
@@ -224,13 +228,9 @@ class CostModel:
         layers = sum(1 for layer in space.graph.layers if not isinstance(layer, FlattenLayer))
         fixed = (sizes.base_bytes + sizes.per_layer_bytes * layers + sizes.per_weight_run_bytes * runs
                  + self.target.kernels_code_bytes(kernels))
-        # a support object every variant of a family calls stays linked whatever the family's channels choose
-        settled = {share for family in space.families
-                   for share in set.intersection(*(set(self.target.kernel_shares(kernel_key(family, bits)))
-                                                   for bits in space.choices))}
         shared_unused: dict[str, torch.Tensor] = {}  # support object -> P(no linked kernel calls it)
         for name in kernels | set(unused):
-            for share in set(self.target.kernel_shares(name)) - settled:
+            for share in set(self.target.kernel_shares(name)) - self.settled:
                 p_unused = unused.get(name, torch.zeros(()))  # a kernel without a gradient is linked
                 shared_unused[share] = shared_unused.get(share, torch.ones(())) * p_unused
         soft = sum((self.target.kernel_bytes(name) * (1.0 - p_unused) for name, p_unused in unused.items()),

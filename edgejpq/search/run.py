@@ -314,6 +314,20 @@ def hard_choices(space: SearchableGraph, plan: PrecisionPlan) -> tuple[list[torc
     return keep, sel
 
 
+def _budget_gradients(space: SearchableGraph, plan: PrecisionPlan, budgets: list[tuple[Metric, float]],
+                      cost_model: CostModel, clock_hz: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """`plan` as hard choices (hard_choices) carrying in .grad the gradient of Σ expected cost / budget over
+    `budgets` (zeros where a budget does not depend on a choice: RAM ignores bits): what repair and fill
+    rank their moves by."""
+    keep, sel = hard_choices(space, plan)
+    expected = cost_model(keep=keep, probs=sel)
+    sum(_expected(expected, m, clock_hz) / b for m, b in budgets).backward()
+    for tensor in (*keep, *sel):
+        if tensor.grad is None:
+            tensor.grad = torch.zeros_like(tensor)
+    return keep, sel
+
+
 def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
            cost_model: CostModel, max_steps: int = 400) -> tuple[PrecisionPlan, int]:
     """Lower bit-widths and prune channels, least regret per unit of cost saved first, until every
@@ -328,14 +342,7 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         if steps >= max_steps:
             raise EdgejpqError("repair did not converge; loosen the budgets")
         steps += 1
-        keep, sel = hard_choices(space, plan)
-        expected = cost_model(keep=keep, probs=sel)
-        clock = int(evaluator.target.clock_hz)
-        objective = sum(_expected(expected, m, clock) / b for m, b in violated)
-        objective.backward()
-        for tensor in (*keep, *sel):  # a budget may not depend on every choice (RAM ignores bits)
-            if tensor.grad is None:
-                tensor.grad = torch.zeros_like(tensor)
+        keep, sel = _budget_gradients(space, plan, violated, cost_model, int(evaluator.target.clock_hz))
         candidates: list[tuple[float, str, int, int]] = []  # (score, kind, index, channel)
         fallback: list[tuple[float, str, int, int]] = []
         with torch.no_grad():
@@ -411,8 +418,7 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
         return all(metric_value(report, m) <= b for m, b in budgets.items())
 
     while steps < max_steps and misses < patience:
-        keep, sel = hard_choices(space, plan)
-        sum(_expected(cost_model(keep=keep, probs=sel), m, clock) / b for m, b in budgets.items()).backward()
+        keep, sel = _budget_gradients(space, plan, budgets.items(), cost_model, clock)
         layers = {name: list(lp.bits) for name, lp in plan.layers.items()}
         linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers) for b in layers[layer.name] if b}
 
@@ -422,7 +428,7 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
 
         candidates: list[tuple[float, str, int, int]] = []  # (cost per preference, kind, index, channel)
         for i, layer in enumerate(space.layers):
-            grad = sel[i].grad if sel[i].grad is not None else torch.zeros_like(sel[i])
+            grad = sel[i].grad
             for o, bits in enumerate(layers[layer.name]):
                 higher = [c for c in choices if c > bits and (space.layer_family[i], c) in linked]
                 if bits and higher and ("bits", i, o) not in rejected:
@@ -431,7 +437,7 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
                     candidates.append((cost / (float(probs[i][o, k]) + 1e-3), "bits", i, o))
         if space.prune and space.frozen_keep is None:  # two-stage's pruning is its first stage's
             for g in space.groups.prunable:
-                grad = keep[g.index].grad if keep[g.index].grad is not None else torch.zeros_like(keep[g.index])
+                grad = keep[g.index].grad
                 for c, bits in enumerate(layers[g.members[0]]):
                     if not bits and ("keep", g.index, c) not in rejected:
                         cost = max(float(grad[c]), 1e-9)

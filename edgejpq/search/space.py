@@ -185,16 +185,17 @@ class SearchableGraph(nn.Module):
             return logits
         return logits + nn.functional.logsigmoid(self.variant_logits[self.layer_family[i]])
 
-    def _closed(self, i: int) -> torch.Tensor:
-        """Layer i's (choices,) bool mask of closed variants."""
-        return ~self.open_variants()[self.layer_family[i]].to(self.bit_logits[i].device)
+    def _closed(self) -> list[torch.Tensor]:
+        """Per layer, the (choices,) bool mask of its family's closed variants."""
+        closed = ~self.open_variants()
+        return [closed[f].to(logits.device) for f, logits in zip(self.layer_family, self.bit_logits)]
 
     def bit_probabilities(self) -> list[torch.Tensor]:
         """Per layer, (channels × choices) probabilities of each bit-width (0 for a closed variant)."""
         if self.frozen_bits is not None:
             return [self._one_hot_bits(b) for b in self.frozen_bits]
-        return [torch.softmax((self.bit_scores(i, logits) / self.temperature).masked_fill(self._closed(i), -torch.inf),
-                              dim=1) for i, logits in enumerate(self.bit_logits)]
+        return [torch.softmax((self.bit_scores(i, logits) / self.temperature).masked_fill(closed, -torch.inf), dim=1)
+                for i, (logits, closed) in enumerate(zip(self.bit_logits, self._closed()))]
 
     def channel_magnitudes(self) -> list[torch.Tensor]:
         """Per group, each channel's mean |w| over its layer's mean, summed over the group's layers: the
@@ -241,13 +242,13 @@ class SearchableGraph(nn.Module):
         if self.soft or self.frozen_bits is not None:
             return probs
         out = []
-        for i, logits in enumerate(self.bit_logits):
+        for i, (logits, closed) in enumerate(zip(self.bit_logits, self._closed())):
             logits = self.bit_scores(i, logits)
             scores = logits.detach()
             if self.explore:
                 u = torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)
                 scores = scores - torch.log(-torch.log(u)) * self.temperature
-            scores = scores.masked_fill(self._closed(i), -torch.inf)
+            scores = scores.masked_fill(closed, -torch.inf)
             hard = nn.functional.one_hot(scores.argmax(dim=1), len(self.choices)).float()
             straight = torch.softmax(logits, dim=1)
             out.append(hard + straight - straight.detach())
@@ -339,11 +340,12 @@ class SearchableGraph(nn.Module):
                     k[int(logits.detach().argmax())] = True
             keep.append(k.cpu())
         layers = {}
+        closed = self._closed()
         for i, layer in enumerate(self.layers):
             if self.frozen_bits is not None:
                 bits = self.frozen_bits[i].cpu()
             else:
-                scores = self.bit_scores(i, self.bit_logits[i]).detach().masked_fill(self._closed(i), -torch.inf)
+                scores = self.bit_scores(i, self.bit_logits[i]).detach().masked_fill(closed[i], -torch.inf)
                 bits = torch.tensor(self.choices)[scores.argmax(dim=1).cpu()]
             mask = keep[self.groups.layer_group[layer.name]]
             layers[layer.name] = LayerPlan(tuple(int(b) if m else 0 for b, m in zip(bits.tolist(), mask.tolist())))
