@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from edgejpq.artifact import Conv2D, FullyConnected, load_model, save_model
@@ -15,7 +17,8 @@ from edgejpq.cost.memory import activation_lower_bound, greedy_baseline_bytes
 from edgejpq.errors import EdgejpqError
 from edgejpq.graph import build_float_graph
 from edgejpq.plan import LayerPlan, PrecisionPlan, load_plan, uniform_plan
-from edgejpq.quant.integerize import export_model, integer_logits, predict_float
+from edgejpq.quant.integerize import (CLIP_RATIOS, export_model, integer_logits, predict_float, weight_scales,
+                                     weight_steps)
 from edgejpq.zoo import build_model
 
 from models import ConcatNet, Conv1dNet, DepthwiseNet, Unsupported, randomize_batch_norm
@@ -95,9 +98,14 @@ def test_mixed_precision_and_pruning_export_groups_channels_by_bits():
     x = _data(shape, 256, seed=5)
     assert _agreement(graph, qmodel, x, state) >= 0.9
     # pruned channels are gated in the float model too, so the plan's float model is what is quantized
-    masked = predict_float(graph, x, plan=plan)
-    fake = predict_float(graph, x, state=state)
+    # (at 8 bits, where rounding hardly moves this untrained net's nearly tied logits)
+    eight = PrecisionPlan({name: LayerPlan(tuple(8 if b else 0 for b in lp.bits)) for name, lp in plan.layers.items()})
+    _, state8 = export_model(graph, eight, _data(shape, 128))
+    masked = predict_float(graph, x, plan=eight)
+    fake = predict_float(graph, x, state=state8)
     assert float((masked.argmax(1) == fake.argmax(1)).mean()) >= 0.8
+    unmasked = predict_float(graph, x)
+    assert float(np.abs(fake - masked).mean()) < float(np.abs(fake - unmasked).mean())
 
 
 def test_residual_pruning_must_agree(tmp_path: Path):
@@ -178,3 +186,32 @@ def test_export_round_trips_through_file(tmp_path: Path):
     assert loaded.content_hash == digest == qmodel.content_hash
     x = _data((1, 16, 16), 32, seed=9)
     np.testing.assert_array_equal(integer_logits(loaded, x), integer_logits(qmodel, x))
+
+
+@pytest.mark.unit
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), bits=st.sampled_from([2, 4, 8]), width=st.integers(1, 80),
+       outlier=st.floats(1.0, 20.0))
+def test_weight_grid_clips_to_the_least_rounding_error(seed: int, bits: int, width: int, outlier: float) -> None:
+    """The chosen step never rounds worse than max-abs scaling (one of its candidates), and the
+    least-error step of a 2-bit Gaussian channel clips max|w| (most weights keep a non-zero level)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(3, width, generator=g)
+    w[1, 0] = outlier * w[1].abs().max()
+    w[2] = 0.0
+    qmax = (1 << (bits - 1)) - 1
+    steps = weight_steps(w, bits)
+
+    def error(step: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(torch.round(w / step[:, None]), -qmax, qmax) * step[:, None]
+        return ((q - w) ** 2).sum(dim=1)
+
+    max_abs = w.abs().amax(dim=1) / qmax
+    assert bool((error(steps)[:2] <= error(max_abs)[:2]).all())
+    assert steps[2] == 1.0 and bool((steps > 0).all())
+    ratios = steps[:2].double().numpy() * qmax / w[:2].abs().amax(dim=1).double().numpy()
+    assert np.abs(ratios[:, None] - np.array(CLIP_RATIOS)[None]).min(axis=1).max() < 1e-5
+    if bits == 2 and width >= 40:  # a Gaussian channel: most weights would round to zero at max|w|
+        assert steps[0] < max_abs[0]
+    scales = weight_scales(w, (bits, 0, bits))
+    assert scales[1] == 0.0 and scales[0] == float(steps[0])

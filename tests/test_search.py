@@ -18,7 +18,7 @@ from edgejpq.data import load_dataset
 from edgejpq.errors import EdgejpqError
 from edgejpq.graph import build_float_graph
 from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
-from edgejpq.quant.integerize import calibrate
+from edgejpq.quant.integerize import calibrate, derive_quant_state, quantize_weight_rows
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
 from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, hard_choices, magnitude_pruned_plan, metric_value,
@@ -127,6 +127,25 @@ def _cnn_space(target):
     space = SearchableGraph(graph, channel_groups(graph))
     ev = _evaluator(graph, (1, 12, 12), target)
     return graph, space, ev, CostModel(space, target, ev.model(uniform_plan(graph, 8)))
+
+
+@pytest.mark.unit
+def test_searched_weights_are_exports_weights():
+    """The search trains on the weight grid that export writes: every kept channel's fake-quantized
+    weights are its integer weights times its exported scale, at each of its bit-widths."""
+    graph, space, _, _ = _cnn_space(load_target("cortex-m4"))
+    rng = np.random.default_rng(3)
+    plan = PrecisionPlan({layer.name: LayerPlan(tuple(int(b) for b in rng.choice([2, 4, 8], layer.out_channels)))
+                          for layer in graph.weighted})
+    space.freeze(plan)
+    _, selections = space.last_choices if space.last_choices else hard_choices(space, plan)
+    state = derive_quant_state(graph, plan, calibrate(graph, np.zeros((4, 1, 12, 12), np.float32)))
+    for i, layer in enumerate(graph.weighted):
+        searched = space.mixed_weight(i, selections[i].detach()).detach().double()
+        scales = torch.from_numpy(state.weight_scales[layer.name])
+        exported = torch.from_numpy(quantize_weight_rows(layer.weight.reshape(layer.out_channels, -1).double().numpy(),
+                                                         scales.numpy(), np.array(plan.layers[layer.name].bits)))
+        assert torch.allclose(searched.reshape(layer.out_channels, -1), exported * scales[:, None], rtol=0, atol=1e-6)
 
 
 @pytest.mark.unit
