@@ -138,7 +138,7 @@ def test_searched_weights_are_exports_weights():
     plan = PrecisionPlan({layer.name: LayerPlan(tuple(int(b) for b in rng.choice([2, 4, 8], layer.out_channels)))
                           for layer in graph.weighted})
     space.freeze(plan)
-    _, selections = space.last_choices if space.last_choices else hard_choices(space, plan)
+    _, selections = hard_choices(space, plan)
     state = derive_quant_state(graph, plan, calibrate(graph, np.zeros((4, 1, 12, 12), np.float32)))
     for i, layer in enumerate(graph.weighted):
         searched = space.mixed_weight(i, selections[i].detach()).detach().double()
