@@ -64,6 +64,8 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join(METHODS)} (uniform: all three widths)")
     parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
                         help="run every point's test set through the host C and check it bit-exact (default)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="every method's distillation share of the task loss (search --distill)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float-checkpoint", type=Path, default=None,
                         help="reuse this float model if it exists (its pre-training time is read from it), "
@@ -147,7 +149,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     for bits in (8, 4, 2):
         if "uniform" in methods or f"uniform-{bits}" in methods:
             record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
-                                                            finetune_epochs=args.uniform_epochs, seed=args.seed))
+                                                            finetune_epochs=args.uniform_epochs, seed=args.seed,
+                                                            distill=args.distill))
     choices = tuple(sorted(int(b) for b in args.bits.split(",")))
     widths = "" if choices == (2, 4, 8) else f" bits {args.bits}"
     for fraction in (float(f) for f in args.budgets.split(",")):
@@ -157,7 +160,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                 record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}{widths}",
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
-                                    choices=choices))
+                                    choices=choices, distill=args.distill))
     payload["complete"] = True
     return payload
 
@@ -167,6 +170,7 @@ def _combine(files: list[Path]) -> dict:
     parts = [json.loads(f.read_text()) for f in files]
     for part in parts:  # a point records its own search / fine-tune split (older files: in the protocol)
         split = {k: part["protocol"].pop(k) for k in SPLIT if k in part["protocol"]}
+        part["protocol"].setdefault("distill", 0.0)  # files from before --distill trained on the labels only
         for point in part["points"]:
             if point["method"] != "uniform":
                 point.update({**split, **{k: point[k] for k in SPLIT if k in point}})

@@ -80,6 +80,9 @@ class SearchConfig:
     # 1.0 → 0.05 gave 84.99% / 85.77% with 5 / 3 search epochs, 0.1 → 0.01 gave 86.28% with 3)
     temperature: tuple[float, float] = (0.1, 0.01)
     eval_samples: int = 2000  # test samples scored after every epoch
+    # the task loss's share of distillation from the float model searched from: (1 - d) · cross entropy
+    # + d · KL(float model's softmax ‖ this model's), in every stage and method (0: cross entropy only)
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in ("joint", "uniform", "two-stage"):
@@ -89,6 +92,8 @@ class SearchConfig:
         if not self.choices or not set(self.choices) <= {2, 4, 8} or list(self.choices) != sorted(set(self.choices)):
             raise EdgejpqError(f"bit-widths {','.join(map(str, self.choices))}: use some of 2, 4, 8, each once, "
                                f"in increasing order")
+        if not 0.0 <= self.distill <= 1.0:
+            raise EdgejpqError(f"distill {self.distill}: give the distillation share of the loss, from 0 to 1")
         if self.method == "two-stage" and not self.budgets.items():
             raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --ram or --latency-ms)")
 
@@ -240,6 +245,9 @@ class Trainer:
         self.x_test = torch.from_numpy(ds.x_test[:n]).to(device)
         self.y_test = torch.from_numpy(ds.y_test[:n]).to(device)
         self.generator = torch.Generator().manual_seed(config.seed)
+        # the float model's logits on the training set, once (no augmentation, so they never change)
+        self.teacher = (torch.from_numpy(predict_float(evaluator.graph, ds.x_train)).to(device)
+                        if config.distill else None)
         self.history: list[EpochRecord] = []
         self.reference: dict[Metric, float] = {}
 
@@ -253,6 +261,15 @@ class Trainer:
             ratio = _expected(expected, metric, clock) / (BUDGET_MARGIN * budget)
             loss = loss + BUDGET_WEIGHT * F.relu(ratio - 1.0)
         return loss
+
+    def task_loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, self.y[index])
+        if self.teacher is None:
+            return loss
+        share = self.config.distill
+        kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(self.teacher[index], dim=1), log_target=True,
+                      reduction="batchmean")
+        return (1.0 - share) * loss + share * kl
 
     def run(self, space: SearchableGraph, stage: str, epochs: int, *, search: bool,
             cost_model: CostModel | None) -> None:
@@ -279,7 +296,7 @@ class Trainer:
             total, seen = 0.0, 0
             for index in _batches(len(self.x), config.batch_size, self.generator):
                 logits = space(self.x[index])
-                loss = F.cross_entropy(logits, self.y[index])
+                loss = self.task_loss(logits, index)
                 if search and cost_model is not None:
                     keep, selections = space.last_choices
                     loss = loss + self.cost_loss(cost_model(keep=keep, probs=selections))
