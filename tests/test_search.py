@@ -18,12 +18,11 @@ from edgejpq.data import load_dataset
 from edgejpq.errors import EdgejpqError
 from edgejpq.graph import build_float_graph
 from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
-from edgejpq.quant.integerize import calibrate, derive_quant_state, quantize_weight_rows
+from edgejpq.quant.integerize import calibrate, derive_quant_state, predict_float, quantize_weight_rows
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
-from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, hard_choices, magnitude_pruned_plan, metric_value,
-                                minimal_plan,
-                                fill, repair, run_search)
+from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, Trainer, fill, hard_choices, magnitude_pruned_plan,
+                                metric_value, minimal_plan, repair, run_search)
 from edgejpq.search.space import SearchableGraph, fake_quant_activation
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
@@ -146,6 +145,25 @@ def test_searched_weights_are_exports_weights():
         exported = torch.from_numpy(quantize_weight_rows(layer.weight.reshape(layer.out_channels, -1).double().numpy(),
                                                          scales.numpy(), np.array(plan.layers[layer.name].bits)))
         assert torch.allclose(searched.reshape(layer.out_channels, -1), exported * scales[:, None], rtol=0, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_distillation_mixes_the_float_models_soft_targets_into_the_task_loss():
+    ds = load_dataset("digits")
+    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
+    target = load_target("cortex-m4")
+    ev = _evaluator(graph, ds.input_shape, target)
+    trainer = Trainer(ds, target, SearchConfig(distill=0.25), ev, None)
+    teacher = torch.from_numpy(predict_float(graph, ds.x_train))
+    assert torch.equal(trainer.teacher, teacher)
+    index = torch.arange(16)
+    ce = torch.nn.functional.cross_entropy(teacher[index], trainer.y[index])
+    assert float(trainer.task_loss(teacher[index], index)) == pytest.approx(0.75 * float(ce), rel=1e-6)
+    other = teacher[index].flip(1)
+    assert float(trainer.task_loss(other, index)) > 0.75 * float(torch.nn.functional.cross_entropy(other, trainer.y[index]))
+    assert Trainer(ds, target, SearchConfig(), ev, None).teacher is None
+    with pytest.raises(EdgejpqError, match="distill 1.5"):
+        SearchConfig(distill=1.5)
 
 
 @pytest.mark.unit
