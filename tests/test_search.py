@@ -21,8 +21,8 @@ from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
 from edgejpq.quant.integerize import calibrate, derive_quant_state, predict_float, quantize_weight_rows
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
-from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, Trainer, fill, hard_choices, magnitude_pruned_plan,
-                                metric_value, minimal_plan, repair, run_search)
+from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, Trainer, exchange_variants, fill, hard_choices,
+                                magnitude_pruned_plan, metric_value, minimal_plan, repair, run_search)
 from edgejpq.search.space import SearchableGraph, fake_quant_activation
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
@@ -367,6 +367,53 @@ def test_fill_spends_the_budget_the_search_left():
     assert filled.layers["classifier"] == start.layers["classifier"]
     assert kernel_names(ev.model(filled)) == kernel_names(ev.model(start)) - {"conv2d_w2"}
     assert fill(space, start, Budgets(), ev, cost_model) == (start, 0)
+
+
+@pytest.mark.unit
+def test_exchange_links_the_kernel_variant_the_judge_prefers_within_the_budget():
+    """A uniform 2-bit plan under a budget that holds the uniform 4-bit plan: fill cannot link the 4-bit conv
+    kernel, the exchange can. It tries whole-family moves, each repaired to the budget (every plan judged
+    fits it), and keeps one only when the judge scores it better than the plan; a judge that prefers the
+    plan leaves it alone, and without budgets nothing is tried."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    start = uniform_plan(graph, 2)
+    budget = Budgets(flash_bytes=ev.cost(uniform_plan(graph, 4)).flash_bytes)
+    assert fill(space, start, budget, ev, cost_model)[0] == start  # every channel kept, no wider variant linked
+    judged: list[PrecisionPlan] = []
+
+    def conv_bits(plan: PrecisionPlan) -> int:
+        return sum(sum(lp.bits) for name, lp in plan.layers.items() if name != "classifier")
+
+    def prefers_wide_convs(plan: PrecisionPlan) -> float:
+        assert ev.cost(plan).flash_bytes <= budget.flash_bytes
+        judged.append(plan)
+        return -float(conv_bits(plan))
+
+    exchanged, count = exchange_variants(space, start, budget, ev, cost_model, prefers_wide_convs)
+    assert count >= 1 and len(judged) > 2
+    assert ev.cost(exchanged).flash_bytes <= budget.flash_bytes
+    assert judged[0] == start and conv_bits(exchanged) > conv_bits(start)
+    assert kernel_names(ev.model(exchanged)) & {"conv2d_w4", "conv2d_w8"}, exchanged.layers
+    assert exchange_variants(space, start, budget, ev, cost_model, lambda plan: float(plan != start)) == (start, 0)
+    assert exchange_variants(space, start, Budgets(), ev, cost_model, prefers_wide_convs) == (start, 0)
+
+
+@pytest.mark.unit
+def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search_as_it_was():
+    ds = load_dataset("digits")
+    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
+    target = load_target("cortex-m4")
+    space = SearchableGraph(graph, channel_groups(graph))
+    trainer = Trainer(ds, target, SearchConfig(), _evaluator(graph, ds.input_shape, target), None)
+    space.explore = True
+    eight, two = uniform_plan(graph, 8), uniform_plan(graph, 2)
+    loss = trainer.plan_loss(space, eight)
+    assert space.explore and space.training and space.frozen_keep is None and space.frozen_bits is None
+    x, y = trainer.x[trainer.judge_index], trainer.y[trainer.judge_index]
+    expected = nn.functional.cross_entropy(torch.from_numpy(predict_float(graph, x.numpy())), y)
+    assert loss == pytest.approx(float(expected), rel=1e-4)  # 8 bits of the float model: close to it
+    assert trainer.plan_loss(space, two) != loss and trainer.plan_loss(space, eight) == loss
 
 
 def _repair_fixture():

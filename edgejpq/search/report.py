@@ -28,7 +28,7 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
         **header, "cost": cost.as_dict(), "accuracy_float": result.accuracy_float,
         "accuracy_fake_quant": result.accuracy_fake_quant, "accuracy_integer": result.accuracy_integer,
         "seconds": round(result.seconds, 1), "repair_steps": result.repair_steps,
-        "fill_steps": result.fill_steps, "hash": content_hash,
+        "fill_steps": result.fill_steps, "variant_exchanges": result.variant_exchanges, "hash": content_hash,
         "plan": result.plan.summary(),
     }
     atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())

@@ -34,12 +34,13 @@ from edgejpq.quant.integerize import (QuantState, calibrate, derive_quant_state,
                                      predict_float)
 from edgejpq.search.cost import CostModel, ExpectedCost
 from edgejpq.search.groups import ChannelGroups, channel_groups
-from edgejpq.search.space import SearchableGraph, layer_family
+from edgejpq.search.space import SearchableGraph
 
 Method = Literal["joint", "uniform", "two-stage"]
 Metric = Literal["flash", "ram", "latency"]
 BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
 BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
+JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans on
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class SearchResult:
     seconds: float
     repair_steps: int
     fill_steps: int = 0
+    variant_exchanges: int = 0
 
 
 def metric_value(report: CostReport, metric: Metric) -> float:
@@ -250,6 +252,10 @@ class Trainer:
                         if config.distill else None)
         self.history: list[EpochRecord] = []
         self.reference: dict[Metric, float] = {}
+        # a fixed subset of the training images on which plans of the searched weights are compared
+        picked = np.random.default_rng(config.seed).choice(len(self.x), size=min(JUDGE_SAMPLES, len(self.x)),
+                                                           replace=False)
+        self.judge_index = torch.from_numpy(np.sort(picked)).to(device)
 
     def cost_loss(self, expected: ExpectedCost) -> torch.Tensor:
         loss = torch.zeros((), device=self.device)
@@ -270,6 +276,22 @@ class Trainer:
         kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(self.teacher[index], dim=1), log_target=True,
                       reduction="batchmean")
         return (1.0 - share) * loss + share * kl
+
+    @torch.no_grad()
+    def plan_loss(self, space: SearchableGraph, plan: PrecisionPlan, batch_size: int = 512) -> float:
+        """Mean cross entropy of `space`'s weights run as `plan` (its hard choices, no noise, no
+        fine-tuning) on the judge's training images; `space`'s own choices are left as they were."""
+        frozen, training = (space.frozen_keep, space.frozen_bits, space.explore), space.training
+        space.freeze(plan)
+        space.explore = False
+        space.eval()
+        total = 0.0
+        for i in range(0, len(self.judge_index), batch_size):
+            index = self.judge_index[i: i + batch_size]
+            total += float(F.cross_entropy(space(self.x[index]), self.y[index], reduction="sum"))
+        space.frozen_keep, space.frozen_bits, space.explore = frozen
+        space.train(training)
+        return total / len(self.judge_index)
 
     def run(self, space: SearchableGraph, stage: str, epochs: int, *, search: bool,
             cost_model: CostModel | None) -> None:
@@ -346,9 +368,11 @@ def _budget_gradients(space: SearchableGraph, plan: PrecisionPlan, budgets: list
 
 
 def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
-           cost_model: CostModel, max_steps: int = 400) -> tuple[PrecisionPlan, int]:
+           cost_model: CostModel, max_steps: int = 400,
+           pinned: frozenset[tuple[int, int]] = frozenset()) -> tuple[PrecisionPlan, int]:
     """Lower bit-widths and prune channels, least regret per unit of cost saved first, until every
-    budget holds under the exact cost model."""
+    budget holds under the exact cost model. A `pinned` kernel variant (family index, bits) is never
+    moved down whole (exchange_variants: the variant it is trying)."""
     choices = space.choices
     steps = 0
     while True:
@@ -384,7 +408,7 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                             ((float(prob[c]) + 1e-3) / max(saving, 1e-9), "prune", g.index, c))
         # Moving a whole kernel variant down one bit-width drops its code, which no single channel's
         # gradient shows while other channels still use it: priced exactly, it competes with the rest.
-        variant = _variant_move(space, plan, report, violated, evaluator) if any(
+        variant = _variant_move(space, plan, report, violated, evaluator, pinned) if any(
             m == "flash" for m, _ in violated) else None
         if variant is not None and (not candidates or variant[0] <= min(candidates)[0]):
             plan = variant[1]
@@ -485,16 +509,58 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
     return plan, steps
 
 
-def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostReport,
-                  violated: list[tuple[Metric, float]], evaluator: Evaluator) -> tuple[float, PrecisionPlan] | None:
+def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
+                      cost_model: CostModel, judge: Callable[[PrecisionPlan], float],
+                      max_rounds: int = 3) -> tuple[PrecisionPlan, int]:
+    """Re-decide on data which kernel variants (family × bit-width) the plan links.
+
+    The search opens and closes a family's bit-widths with gates that move under cost pressure long
+    before the weights show what each width is worth, and repair and fill only ever drop code or
+    reuse linked code, so a plan can end at 2 bits with the budget's room for the 4-bit kernel unused.
+    Here every channel of a family at a linked bit-width b moves to the nearest wider and, separately,
+    the nearest narrower bit-width the family does not link; each such candidate is repaired to the
+    budgets (the new variant pinned, so repair pays for it with other moves) and filled, and the one
+    `judge` scores lowest (the loss of the searched weights run as the plan) replaces the plan when it
+    scores lower than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    if not budgets.items():
+        return plan, 0
+    choices = space.choices
+    score, exchanges = judge(plan), 0
+    for _ in range(max_rounds):
+        linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers)
+                  for b in plan.layers[layer.name].bits if b}
+        best: tuple[float, PrecisionPlan] | None = None
+        for family, bits in sorted(linked):
+            wider = [c for c in choices if c > bits and (family, c) not in linked][:1]
+            narrower = [c for c in choices if c < bits and (family, c) not in linked][-1:]
+            for new in (*wider, *narrower):
+                moved = PrecisionPlan({name: LayerPlan(tuple(new if b == bits and space.layer_family[space.index[name]]
+                                                             == family else b for b in lp.bits))
+                                       for name, lp in plan.layers.items()})
+                try:
+                    candidate, _ = repair(space, moved, budgets, evaluator, cost_model, pinned=frozenset({(family, new)}))
+                except EdgejpqError:  # no room for this variant
+                    continue
+                candidate, _ = fill(space, candidate, budgets, evaluator, cost_model)
+                value = judge(candidate)
+                if value < (score if best is None else best[0]):
+                    best = (value, candidate)
+        if best is None:
+            break
+        (score, plan), exchanges = best, exchanges + 1
+    return plan, exchanges
+
+
+def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostReport, violated: list[tuple[Metric, float]],
+                  evaluator: Evaluator, pinned: frozenset[tuple[int, int]]) -> tuple[float, PrecisionPlan] | None:
     """The best move of every channel on one kernel variant (family × bits) to the next lower bit-width:
     (regret per unit of the violated budgets saved, the plan), priced with the exact cost model."""
     choices = space.choices
-    used: dict[tuple[str, int], list[tuple[int, int]]] = {}  # variant -> (layer index, channel)
+    used: dict[tuple[int, int], list[tuple[int, int]]] = {}  # variant -> (layer index, channel)
     for i, layer in enumerate(space.layers):
         for o, bits in enumerate(plan.layers[layer.name].bits):
-            if bits and bits != choices[0]:
-                used.setdefault((layer_family(layer), bits), []).append((i, o))
+            if bits and bits != choices[0] and (space.layer_family[i], bits) not in pinned:
+                used.setdefault((space.layer_family[i], bits), []).append((i, o))
     probs = [torch.softmax(logits.detach().cpu(), dim=1) for logits in space.bit_logits]
     best: tuple[float, PrecisionPlan] | None = None
     for (_, bits), channels in used.items():
@@ -516,7 +582,7 @@ def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostRepor
 
 
 def _save_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph, plan: PrecisionPlan,
-                     history: list[EpochRecord], repair_steps: int, fill_steps: int) -> None:
+                     history: list[EpochRecord], repair_steps: int, fill_steps: int, exchanges: int) -> None:
     import io
 
     from edgejpq.artifact import atomic_write_bytes
@@ -525,12 +591,12 @@ def _save_checkpoint(path: Path, config: SearchConfig, space: SearchableGraph, p
     torch.save({"format": "edgejpq.search_checkpoint", "schema_version": 1, "method": config.method,
                 "plan": plan.to_json(), "weights": [w.detach().cpu() for w in space.weights],
                 "biases": [b.detach().cpu() for b in space.biases], "history": [asdict(r) for r in history],
-                "repair_steps": repair_steps, "fill_steps": fill_steps}, buffer)
+                "repair_steps": repair_steps, "fill_steps": fill_steps, "variant_exchanges": exchanges}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_checkpoint(path: Path, config: SearchConfig,
-                     space: SearchableGraph) -> tuple[PrecisionPlan, list[EpochRecord], int, int]:
+                     space: SearchableGraph) -> tuple[PrecisionPlan, list[EpochRecord], int, int, int]:
     import json as _json
 
     from edgejpq.plan import load_plan_body
@@ -549,7 +615,7 @@ def _load_checkpoint(path: Path, config: SearchConfig,
             param.copy_(value)
     plan = load_plan_body(_json.loads(saved["plan"]), space.graph, where=str(path))
     return (plan, [EpochRecord(**r) for r in saved["history"]], int(saved["repair_steps"]),
-            int(saved.get("fill_steps", 0)))
+            int(saved.get("fill_steps", 0)), int(saved.get("variant_exchanges", 0)))
 
 
 def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig,
@@ -569,11 +635,11 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full_cost = evaluator.cost(full)
     trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
-    repair_steps = fill_steps = 0
+    repair_steps = fill_steps = exchanges = 0
 
     if resume and checkpoint is not None and checkpoint.exists() and config.method != "uniform":
         space = SearchableGraph(graph, groups, choices=choices)
-        plan, trainer.history, repair_steps, fill_steps = _load_checkpoint(checkpoint, config, space)
+        plan, trainer.history, repair_steps, fill_steps, exchanges = _load_checkpoint(checkpoint, config, space)
         finetune_epochs = config.finetune_epochs
     elif config.method == "uniform":
         plan = uniform_plan(graph, config.bits)
@@ -601,9 +667,11 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         plan_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)  # its gradients rank the moves
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, plan_model)
         plan, fill_steps = fill(space, plan, config.budgets, evaluator, plan_model)
+        plan, exchanges = exchange_variants(space, plan, config.budgets, evaluator, plan_model,
+                                            lambda candidate: trainer.plan_loss(space, candidate))
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps)
+            _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
 
     # quantization-aware fine-tuning of the discrete plan, activation ranges learned
     space.prepare_finetune(plan, calib)
@@ -621,7 +689,8 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     acc_int = float((integer_logits(model, x).argmax(1) == y).mean())
     return SearchResult(plan=plan, model=model, cost=model_cost(model, target), history=tuple(trainer.history),
                         accuracy_float=acc_float, accuracy_fake_quant=acc_fake, accuracy_integer=acc_int,
-                        seconds=time.perf_counter() - start, repair_steps=repair_steps, fill_steps=fill_steps)
+                        seconds=time.perf_counter() - start, repair_steps=repair_steps, fill_steps=fill_steps,
+                        variant_exchanges=exchanges)
 
 
 def _jsonable(value: Any) -> Any:
