@@ -132,7 +132,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "flash_bytes": result.cost.flash_bytes, "arena_bytes": result.cost.arena_bytes,
                  "latency_ms": round(result.cost.latency_ms, 3), "accuracy": result.accuracy_integer,
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
-                 "seconds": round(result.seconds, 1),
+                 "seconds": round(result.seconds, 1), "variant_exchanges": result.variant_exchanges,
                  "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
                  **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits} if method != "uniform" else {})}
         if args.emulate:
