@@ -18,7 +18,7 @@ from edgejpq.errors import EdgejpqError
 from edgejpq.graph import build_float_graph
 from edgejpq.plan import LayerPlan, PrecisionPlan, load_plan, uniform_plan
 from edgejpq.quant.integerize import (CLIP_RATIOS, export_model, integer_logits, predict_float, weight_scales,
-                                     weight_steps)
+                                     weight_limits, weight_steps)
 from edgejpq.zoo import build_model
 
 from models import ConcatNet, Conv1dNet, DepthwiseNet, Unsupported, randomize_batch_norm
@@ -199,19 +199,20 @@ def test_weight_grid_clips_to_the_least_rounding_error(seed: int, bits: int, wid
     w = torch.randn(3, width, generator=g)
     w[1, 0] = outlier * w[1].abs().max()
     w[2] = 0.0
-    qmax = (1 << (bits - 1)) - 1
+    lo, hi = weight_limits(bits)
     steps = weight_steps(w, bits)
 
     def error(step: torch.Tensor) -> torch.Tensor:
-        q = torch.clamp(torch.round(w / step[:, None]), -qmax, qmax) * step[:, None]
+        q = torch.clamp(torch.round(w / step[:, None]), lo, hi) * step[:, None]
         return ((q - w) ** 2).sum(dim=1)
 
-    max_abs = w.abs().amax(dim=1) / qmax
+    max_abs = w.abs().amax(dim=1) / hi
     assert bool((error(steps)[:2] <= error(max_abs)[:2]).all())
     assert steps[2] == 1.0 and bool((steps > 0).all())
-    ratios = steps[:2].double().numpy() * qmax / w[:2].abs().amax(dim=1).double().numpy()
+    ratios = steps[:2].double().numpy() * hi / w[:2].abs().amax(dim=1).double().numpy()
     assert np.abs(ratios[:, None] - np.array(CLIP_RATIOS)[None]).min(axis=1).max() < 1e-5
     if bits == 2 and width >= 40:  # a Gaussian channel: most weights would round to zero at max|w|
         assert steps[0] < max_abs[0]
     scales = weight_scales(w, (bits, 0, bits))
     assert scales[1] == 0.0 and scales[0] == float(steps[0])
+

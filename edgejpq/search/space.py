@@ -34,7 +34,7 @@ from torch import nn
 from edgejpq.cost.model import kernel_family
 from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
 from edgejpq.plan import LayerPlan, PrecisionPlan
-from edgejpq.quant.integerize import calibrate, run_layer, weight_steps
+from edgejpq.quant.integerize import calibrate, round_weights, run_layer, weight_steps
 from edgejpq.search.groups import ChannelGroup, ChannelGroups
 
 KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
@@ -56,10 +56,9 @@ def layer_family(layer: WeightedLayer) -> str:
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel symmetric fake quantization on export's grid, straight-through gradient."""
-    qmax = (1 << (bits - 1)) - 1
-    scale = weight_steps(w, bits).reshape((-1,) + (1,) * (w.dim() - 1))
-    q = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+    """Per-output-channel fake quantization on export's grid, straight-through gradient."""
+    steps = weight_steps(w, bits)
+    q = round_weights(w, steps, bits) * steps.reshape((-1,) + (1,) * (w.dim() - 1))
     return w + (q - w).detach()
 
 
