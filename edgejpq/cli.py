@@ -720,13 +720,15 @@ def _code_rows(result: Any, config: Any) -> list[tuple[str, str]]:
     for op in result.model.ops:
         if isinstance(op, (Conv2D, FullyConnected)):
             variants.setdefault(kernel_family(op_kind(op)), set()).update(run.bits for run in op.runs)
-    rows = [("kernel variants", "; ".join(f"{family} {','.join(map(str, sorted(bits)))}-bit"
-                                          for family, bits in sorted(variants.items())))]
+    linked = "; ".join(f"{family} {','.join(map(str, sorted(bits)))}-bit" for family, bits in sorted(variants.items()))
+    if result.variant_exchanges:
+        linked += f" ({result.variant_exchanges} exchange{'s' if result.variant_exchanges > 1 else ''} after the search)"
+    rows = [("kernel variants", linked)]
     cost = result.cost
     if config.method != "uniform" and len(config.choices) > 1 and 2 * cost.code_bytes > cost.flash_bytes:
         rows.append(("note", f"code is {100 * cost.code_bytes / cost.flash_bytes:.0f}% of the flash: every bit-width "
-                             f"a kernel family uses links its kernel (the target file's code_size); the search "
-                             f"drops the variants it cannot afford, and --bits 4 allows one width only"))
+                             f"a kernel family uses links its kernel (the target file's code_size); the search and "
+                             f"the exchange after it keep the variants that fit, and --bits 4 allows one width only"))
     return rows
 
 

@@ -249,9 +249,12 @@ def test_search_summary_names_the_kernel_variants_the_plan_links():
     layers["features.3"] = LayerPlan((8, 0) + layers["features.3"].bits[2:])
     layers["classifier"] = LayerPlan((2,) * len(layers["classifier"].bits))
     model = ev.model(PrecisionPlan(layers))
-    result = SimpleNamespace(model=model, cost=model_cost(model, target))
+    result = SimpleNamespace(model=model, cost=model_cost(model, target), variant_exchanges=0)
     rows = dict(_code_rows(result, SimpleNamespace(method="joint", choices=(2, 4, 8))))
     assert rows["kernel variants"] == "conv2d 4,8-bit; fully_connected 2-bit"
+    exchanged = SimpleNamespace(model=model, cost=result.cost, variant_exchanges=1)
+    assert dict(_code_rows(exchanged, SimpleNamespace(method="joint", choices=(2, 4, 8))))["kernel variants"] == (
+        "conv2d 4,8-bit; fully_connected 2-bit (1 exchange after the search)")
     assert ("note" in rows) == (2 * result.cost.code_bytes > result.cost.flash_bytes)
     assert "note" not in dict(_code_rows(result, SimpleNamespace(method="joint", choices=(4,))))
 

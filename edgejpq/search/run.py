@@ -8,8 +8,9 @@ Methods (same data, same epochs, same export):
              search epochs, then bit-widths searched for the other half with the pruning frozen
              (prune-then-quantize), then fine-tuned.
 After the search the discrete plan is repaired with the exact cost model (the exporter itself)
-until every budget holds; an unreachable budget is refused before any training, naming it and
-the smallest figure reachable.
+until every budget holds, filled with what the budgets leave, and its kernel variants are
+re-decided on data (exchange_variants); an unreachable budget is refused before any training,
+naming it and the smallest figure reachable.
 """
 
 from __future__ import annotations
