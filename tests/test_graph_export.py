@@ -215,4 +215,3 @@ def test_weight_grid_clips_to_the_least_rounding_error(seed: int, bits: int, wid
         assert steps[0] < max_abs[0]
     scales = weight_scales(w, (bits, 0, bits))
     assert scales[1] == 0.0 and scales[0] == float(steps[0])
-

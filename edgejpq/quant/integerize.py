@@ -118,13 +118,19 @@ def weight_scales(weight: torch.Tensor, bits: tuple[int, ...]) -> np.ndarray:
     return scales
 
 
-def quantize_weight_rows(w: np.ndarray, scales: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """Integer weights (rows × K) for per-row scales and bit-widths (each row on its round_weights grid)."""
-    q = np.zeros(w.shape, dtype=np.int64)
+def round_weight_rows(w: torch.Tensor, steps: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """round_weights with a bit-width per output channel (0: pruned, rounded to 0)."""
+    q = torch.zeros_like(w)
     for b in set(bits.tolist()) - {0}:
         rows = bits == b
-        q[rows] = round_weights(torch.from_numpy(w[rows]), torch.from_numpy(scales[rows]), b).numpy().astype(np.int64)
+        q[rows] = round_weights(w[rows], steps[rows], b)
     return q
+
+
+def quantize_weight_rows(w: np.ndarray, scales: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Integer weights (rows × K) for per-row scales and bit-widths (round_weight_rows)."""
+    return round_weight_rows(torch.from_numpy(w), torch.from_numpy(scales), torch.from_numpy(bits)).numpy().astype(
+        np.int64)
 
 
 # --------------------------------------------------------------------------- float / fake-quant execution
@@ -145,12 +151,7 @@ def _fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 def _fake_weight(layer: WeightedLayer, state: QuantState) -> torch.Tensor:
     scales = torch.from_numpy(state.weight_scales[layer.name]).float()
     bits = torch.tensor(state.plan.layers[layer.name].bits)
-    out = torch.zeros_like(layer.weight)
-    for b in set(bits.tolist()) - {0}:  # a pruned channel's weights are 0
-        rows = bits == b
-        out[rows] = round_weights(layer.weight[rows], scales[rows], b) * scales[rows].reshape(
-            (-1,) + (1,) * (layer.weight.dim() - 1))
-    return out
+    return round_weight_rows(layer.weight, scales, bits) * scales.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
 
 
 def _spatial(x: torch.Tensor) -> torch.Tensor:
