@@ -66,6 +66,8 @@ def main() -> None:
                         help="run every point's test set through the host C and check it bit-exact (default)")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="every method's distillation share of the task loss (search --distill)")
+    parser.add_argument("--learn-steps", action=argparse.BooleanOptionalAction, default=True,
+                        help="fine-tuning trains the weight steps (search --learn-steps), in every method")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float-checkpoint", type=Path, default=None,
                         help="reuse this float model if it exists (its pre-training time is read from it), "
@@ -150,7 +152,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         if "uniform" in methods or f"uniform-{bits}" in methods:
             record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
                                                             finetune_epochs=args.uniform_epochs, seed=args.seed,
-                                                            distill=args.distill))
+                                                            distill=args.distill, learn_steps=args.learn_steps))
     choices = tuple(sorted(int(b) for b in args.bits.split(",")))
     widths = "" if choices == (2, 4, 8) else f" bits {args.bits}"
     for fraction in (float(f) for f in args.budgets.split(",")):
@@ -160,7 +162,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                 record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}{widths}",
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
-                                    choices=choices, distill=args.distill))
+                                    choices=choices, distill=args.distill, learn_steps=args.learn_steps))
     payload["complete"] = True
     return payload
 
@@ -171,6 +173,7 @@ def _combine(files: list[Path]) -> dict:
     for part in parts:  # a point records its own search / fine-tune split (older files: in the protocol)
         split = {k: part["protocol"].pop(k) for k in SPLIT if k in part["protocol"]}
         part["protocol"].setdefault("distill", 0.0)  # files from before --distill trained on the labels only
+        part["protocol"].setdefault("learn_steps", False)  # and before --learn-steps kept the least-error steps
         for point in part["points"]:
             if point["method"] != "uniform":
                 point.update({**split, **{k: point[k] for k in SPLIT if k in point}})

@@ -772,6 +772,9 @@ def search(
     distill: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
         "Share of the task loss taken by distillation from the float model (KL to its softmax); the rest is "
         "cross entropy. 0 trains on the labels only."))] = 0.0,
+    learn_steps: Annotated[bool, typer.Option(help=(
+        "Fine-tuning (and uniform QAT) trains every channel's weight step (LSQ), from its least-error one; "
+        "--no-learn-steps keeps the least-error steps of the current weights."))] = True,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "auto",
     seed: int = 0,
@@ -805,8 +808,8 @@ def search(
     configs = [SearchConfig(method=method, bits=widths[0] if method == "uniform" and widths else 8,  # type: ignore[arg-type]
                             choices=widths if method != "uniform" and widths else (2, 4, 8), search_epochs=epochs,
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
-                            budgets=point.budgets, lr=lr, distill=distill, batch_size=batch_size, seed=seed,
-                            device=device)
+                            budgets=point.budgets, lr=lr, distill=distill, learn_steps=learn_steps,
+                            batch_size=batch_size, seed=seed, device=device)
                for point in points]
     if output.exists() and not output.is_dir():
         raise EdgejpqError(f"{output}: exists and is not a folder")
@@ -849,8 +852,8 @@ def search(
                                 checkpoint=run_dir / "search_checkpoint.pt", resume=resume)
         header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
                   "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
-                  "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "device": device,
-                  "seed": seed}
+                  "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "learn_steps": learn_steps,
+                  "device": device, "seed": seed}
         summary = write_report(run_dir, result, spec, header)
         pareto.append(pareto_point(point, summary, method))
     if len(points) == 1:

@@ -23,7 +23,7 @@ from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
 from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, Trainer, exchange_variants, fill, hard_choices,
                                 magnitude_pruned_plan, metric_value, minimal_plan, repair, run_search)
-from edgejpq.search.space import VARIANT_INIT, SearchableGraph, fake_quant_activation
+from edgejpq.search.space import VARIANT_INIT, SearchableGraph, fake_quant_activation, learned_step_weight
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
 
@@ -145,6 +145,49 @@ def test_searched_weights_are_exports_weights():
         exported = torch.from_numpy(quantize_weight_rows(layer.weight.reshape(layer.out_channels, -1).double().numpy(),
                                                          scales.numpy(), np.array(plan.layers[layer.name].bits)))
         assert torch.allclose(searched.reshape(layer.out_channels, -1), exported * scales[:, None], rtol=0, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_learned_weight_steps_start_least_error_and_are_the_steps_export_writes():
+    """Fine-tuning starts every kept channel's trained step at its least-error one; export writes the
+    trained steps (0 for a pruned channel), and the fake-quantized weights are the integer weights
+    times them. The gradients are LSQ's: the weight's passes inside the grid and stops where it
+    clips; the step's is (rounded - w/step) inside and the clipped level outside."""
+    graph, space, _, _ = _cnn_space(load_target("cortex-m4"))
+    rng = np.random.default_rng(5)
+    layers = {layer.name: [int(b) for b in rng.choice([2, 4, 8], layer.out_channels)] for layer in graph.weighted}
+    for g in space.groups.prunable:
+        for name in g.members:
+            layers[name][0] = 0
+    plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+    calibration = rng.random((8, 1, 12, 12)).astype(np.float32)
+    space.prepare_finetune(plan, calibration)
+    least_error = derive_quant_state(graph, plan, calibrate(graph, calibration))
+    start = space.learned_weight_scales()
+    for layer in graph.weighted:
+        assert np.allclose(start[layer.name], least_error.weight_scales[layer.name], rtol=1e-6, atol=0)
+    with torch.no_grad():
+        for log_step in space.log_steps:
+            log_step.add_(torch.from_numpy(rng.normal(0.0, 0.3, log_step.shape)).float())
+    state = derive_quant_state(space.trained_graph(), plan, calibrate(graph, calibration), space.learned_weight_scales())
+    _, selections = hard_choices(space, plan)
+    for i, layer in enumerate(graph.weighted):
+        bits = np.array(plan.layers[layer.name].bits)
+        scales = state.weight_scales[layer.name]
+        assert (scales[bits == 0] == 0).all() and (scales[bits > 0] > 0).all()
+        assert not np.allclose(scales, least_error.weight_scales[layer.name])
+        searched = space.mixed_weight(i, selections[i].detach()).detach().double().reshape(layer.out_channels, -1)
+        exported = quantize_weight_rows(layer.weight.reshape(layer.out_channels, -1).double().numpy(), scales, bits)
+        kept = torch.from_numpy(bits > 0)
+        assert torch.allclose(searched[kept], torch.from_numpy(exported * scales[:, None])[kept], rtol=1e-6, atol=1e-7)
+
+    w = torch.tensor([[0.3, -0.9, 2.5, 0.05]], requires_grad=True)
+    step = torch.tensor([0.5], requires_grad=True)
+    out = learned_step_weight(w, step, 2)  # levels -1, 0, 1: w/step = 0.6, -1.8 (clips), 5 (clips), 0.1
+    assert out.tolist() == [[0.5, -0.5, 0.5, 0.0]]
+    out.sum().backward()
+    assert w.grad.tolist() == [[1.0, 0.0, 0.0, 1.0]]
+    assert float(step.grad) == pytest.approx((1 - 0.6) - 1 + 1 + (0 - 0.1))
 
 
 @pytest.mark.unit

@@ -249,8 +249,10 @@ def calibrate(graph: FloatGraph, x: np.ndarray, plan: PrecisionPlan | None = Non
     return ranges
 
 
-def derive_quant_state(graph: FloatGraph, plan: PrecisionPlan, ranges: Mapping[str, tuple[float, float]]) -> QuantState:
-    """Tensor qparams from ranges (pools and flattens keep their input's) and weight scales from the plan."""
+def derive_quant_state(graph: FloatGraph, plan: PrecisionPlan, ranges: Mapping[str, tuple[float, float]],
+                       steps: Mapping[str, np.ndarray] | None = None) -> QuantState:
+    """Tensor qparams from ranges (pools and flattens keep their input's) and weight scales from the plan:
+    the least-error steps of the weights (`weight_scales`), or `steps` where given (trained ones)."""
     check_plan_matches(plan, graph)
     tensors: dict[str, QParams] = {graph.input: qparams_from_range(*ranges[graph.input])}
     for layer in graph.layers:
@@ -258,7 +260,8 @@ def derive_quant_state(graph: FloatGraph, plan: PrecisionPlan, ranges: Mapping[s
             tensors[layer.output] = tensors[layer.input]
         else:
             tensors[layer.output] = qparams_from_range(*ranges[layer.output])
-    scales = {layer.name: weight_scales(layer.weight, plan.layers[layer.name].bits) for layer in graph.weighted}
+    scales = {layer.name: np.asarray(steps[layer.name], dtype=np.float64) if steps is not None
+              else weight_scales(layer.weight, plan.layers[layer.name].bits) for layer in graph.weighted}
     return QuantState(tensors=tensors, weight_scales=scales, plan=plan)
 
 

@@ -85,6 +85,9 @@ class SearchConfig:
     # the task loss's share of distillation from the float model searched from: (1 - d) · cross entropy
     # + d · KL(float model's softmax ‖ this model's), in every stage and method (0: cross entropy only)
     distill: float = 0.0
+    # fine-tuning trains each channel's weight step (LSQ) from its least-error one; else the steps
+    # stay the least-error ones of the current weights
+    learn_steps: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("joint", "uniform", "two-stage"):
@@ -305,6 +308,8 @@ class Trainer:
             groups.append({"params": space.arch_parameters(), "lr": config.arch_lr})
         if space.range_parameters():
             groups.append({"params": space.range_parameters(), "lr": config.lr * 10})
+        if space.step_parameters():  # log steps: lr is the relative change per batch
+            groups.append({"params": space.step_parameters(), "lr": config.lr})
         optimizer = torch.optim.Adam(groups)
         batches_per_epoch = math.ceil(len(self.x) / config.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
@@ -675,13 +680,13 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
 
     # quantization-aware fine-tuning of the discrete plan, activation ranges learned
-    space.prepare_finetune(plan, calib)
+    space.prepare_finetune(plan, calib, learn_steps=config.learn_steps and finetune_epochs > 0)
     trainer.run(space, "finetune", finetune_epochs, search=False, cost_model=None)
     trained = space.trained_graph()
     ranges = space.activation_ranges() if finetune_epochs > 0 else calibrate(trained, calib, plan)
     all_ranges = dict(calibrate(trained, calib, plan))
     all_ranges.update(ranges)
-    state: QuantState = derive_quant_state(trained, plan, all_ranges)
+    state: QuantState = derive_quant_state(trained, plan, all_ranges, space.learned_weight_scales())
     model = integerize(trained, state, provenance={"method": config.method, "target": getattr(target, "name", ""),
                                                    "config": _jsonable(asdict(config))})
     x, y = ds.x_test, ds.y_test

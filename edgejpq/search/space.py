@@ -40,7 +40,7 @@ from torch import nn
 from edgejpq.cost.model import kernel_family
 from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
 from edgejpq.plan import LayerPlan, PrecisionPlan
-from edgejpq.quant.integerize import calibrate, round_weights, run_layer, weight_steps
+from edgejpq.quant.integerize import calibrate, round_weights, run_layer, weight_limits, weight_scales, weight_steps
 from edgejpq.search.groups import ChannelGroup, ChannelGroups
 
 KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
@@ -66,6 +66,17 @@ def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     steps = weight_steps(w, bits)
     q = round_weights(w, steps, bits) * steps.reshape((-1,) + (1,) * (w.dim() - 1))
     return w + (q - w).detach()
+
+
+def learned_step_weight(w: torch.Tensor, steps: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel fake quantization on export's grid with trainable `steps` (LSQ, Esser et
+    al., 2020): the weight's gradient passes inside the grid and stops where it clips; the step's
+    is (rounded − w/step) inside and the clipped level outside. (LSQ's gradient scale is left out:
+    Adam normalizes each parameter's gradient.)"""
+    lo, hi = weight_limits(bits)
+    s = steps.reshape((-1,) + (1,) * (w.dim() - 1))
+    v = torch.clamp(w / s, lo, hi)
+    return (v + (torch.round(v) - v).detach()) * s
 
 
 class _FakeQuantActivation(torch.autograd.Function):
@@ -126,6 +137,8 @@ class SearchableGraph(nn.Module):
         self.variant_logits = nn.Parameter(torch.full((len(self.families), len(self.choices)), VARIANT_INIT))
         self.act_lo = nn.ParameterDict()
         self.act_hi = nn.ParameterDict()
+        # per layer, the log of each channel's weight step at its plan's bit-width (fine-tuning only)
+        self.log_steps = nn.ParameterList()
         self.temperature = 1.0
         self.explore = False  # add Gumbel / logistic noise to the hard choices (training only)
         self.soft = False  # run the probability-weighted mixture instead of the hard choice
@@ -143,6 +156,9 @@ class SearchableGraph(nn.Module):
 
     def range_parameters(self) -> list[nn.Parameter]:
         return [*self.act_lo.values(), *self.act_hi.values()]
+
+    def step_parameters(self) -> list[nn.Parameter]:
+        return list(self.log_steps)
 
     # ------------------------------------------------------------------ choices
 
@@ -260,11 +276,30 @@ class SearchableGraph(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def prepare_finetune(self, plan: PrecisionPlan, calibration: np.ndarray) -> None:
+    def prepare_finetune(self, plan: PrecisionPlan, calibration: np.ndarray, *, learn_steps: bool = True) -> None:
         """Fix every choice to `plan` and fake-quantize every integer tensor, with learnable ranges
-        calibrated on the trained weights: quantization-aware fine-tuning (and uniform QAT)."""
+        calibrated on the trained weights: quantization-aware fine-tuning (and uniform QAT). With
+        `learn_steps`, every channel's weight step is trained too, from its least-error step."""
         self.freeze(plan)
         self.enable_activation_quant(calibrate(self.trained_graph(), calibration, plan))
+        self.log_steps = nn.ParameterList()
+        if learn_steps:
+            for layer, w in zip(self.layers, self.weights):
+                scales = torch.from_numpy(weight_scales(w.detach().cpu(), plan.layers[layer.name].bits))
+                steps = torch.where(scales > 0, scales, torch.ones_like(scales)).to(w.dtype)
+                self.log_steps.append(nn.Parameter(torch.log(steps).to(w.device)))
+
+    def learned_weight_scales(self) -> dict[str, np.ndarray] | None:
+        """Per layer, each channel's trained weight step (0 for a pruned one), as export takes them;
+        None when the steps are not trained."""
+        if not len(self.log_steps):
+            return None
+        assert self.frozen_bits is not None and self.frozen_keep is not None
+        out = {}
+        for layer, log_step in zip(self.layers, self.log_steps):
+            kept = self.frozen_keep[self.groups.layer_group[layer.name]].detach().cpu().double().numpy()
+            out[layer.name] = torch.exp(log_step.detach().cpu().double()).numpy() * kept
+        return out
 
     def enable_activation_quant(self, ranges: Mapping[str, tuple[float, float]]) -> None:
         """Fake-quantize every integer tensor with learnable ranges initialised from `ranges`."""
@@ -298,7 +333,9 @@ class SearchableGraph(nn.Module):
             column = selection[:, k]
             if not self.soft and not column.requires_grad and not bool(column.any()):
                 continue  # a frozen plan: skip bit-widths nobody uses
-            total = total + column.reshape(shape) * fake_quant_weight(w, bits)
+            quantized = (learned_step_weight(w, torch.exp(self.log_steps[i]), bits) if len(self.log_steps)
+                         else fake_quant_weight(w, bits))
+            total = total + column.reshape(shape) * quantized
         return total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
