@@ -448,6 +448,18 @@ def test_exchange_links_the_kernel_variant_the_judge_prefers_within_the_budget()
     assert exchange_variants(space, start, budget, ev, cost_model, lambda plan: float(plan != start)) == (start, 0)
     assert exchange_variants(space, start, Budgets(), ev, cost_model, prefers_wide_convs) == (start, 0)
 
+    # a family mixing 2 and 4 bits can also be merged onto one of its linked widths, unlinking the other
+    mixed = PrecisionPlan({name: LayerPlan(tuple(4 if name == "features.0" else 2 for _ in lp.bits))
+                           for name, lp in start.layers.items()})
+
+    def conv_variants(plan: PrecisionPlan) -> set[str]:
+        return {k for k in kernel_names(ev.model(plan)) if k.startswith("conv2d_w")}
+
+    assert conv_variants(mixed) == {"conv2d_w2", "conv2d_w4"}
+    merged, count = exchange_variants(space, mixed, budget, ev, cost_model, lambda plan: float(len(conv_variants(plan))))
+    assert count >= 1 and len(conv_variants(merged)) == 1
+    assert ev.cost(merged).flash_bytes <= budget.flash_bytes
+
 
 @pytest.mark.unit
 def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search_as_it_was():

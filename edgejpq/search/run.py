@@ -522,12 +522,14 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
 
     The search opens and closes a family's bit-widths with gates that move under cost pressure long
     before the weights show what each width is worth, and repair and fill only ever drop code or
-    reuse linked code, so a plan can end at 2 bits with the budget's room for the 4-bit kernel unused.
+    reuse linked code, so a plan can end at 2 bits with the budget's room for the 4-bit kernel unused,
+    or mixing two widths in a family whose second kernel costs more flash than its channels gain.
     Here every channel of a family at a linked bit-width b moves to the nearest wider and, separately,
-    the nearest narrower bit-width the family does not link; each such candidate is repaired to the
-    budgets (the new variant pinned, so repair pays for it with other moves) and filled, and the one
-    `judge` scores lowest (the loss of the searched weights run as the plan) replaces the plan when it
-    scores lower than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    the nearest narrower bit-width: one the family does not link (linking it instead of b) or one it
+    does (unlinking b); each such candidate is repaired to the budgets (the width moved to pinned, so
+    repair pays for it with other moves) and filled, and the one `judge` scores lowest (the loss of
+    the searched weights run as the plan) replaces the plan when it scores lower than the plan. Up
+    to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
@@ -537,8 +539,7 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
                   for b in plan.layers[layer.name].bits if b}
         best: tuple[float, PrecisionPlan] | None = None
         for family, bits in sorted(linked):
-            wider = [c for c in choices if c > bits and (family, c) not in linked][:1]
-            narrower = [c for c in choices if c < bits and (family, c) not in linked][-1:]
+            wider, narrower = [c for c in choices if c > bits][:1], [c for c in choices if c < bits][-1:]
             for new in (*wider, *narrower):
                 moved = PrecisionPlan({name: LayerPlan(tuple(new if b == bits and space.layer_family[space.index[name]]
                                                              == family else b for b in lp.bits))
