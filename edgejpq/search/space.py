@@ -13,14 +13,8 @@ Choices, per channel:
   - kernel variants: one gate per kernel family (conv, depthwise, fully connected) × bit-width.
     Each variant a plan uses links its own kernel code (several KB on the DSP targets), so a
     channel may only take a bit-width whose variant is open, and the cost model charges an open,
-    used variant its code. A closed variant (gate level <= 0) is masked out of its family's
+    used variant its code. A closed variant (gate logit <= 0) is masked out of its family's
     channel choices; its gate still learns through the soft choices, so it can open again.
-    A family's gate levels are its logits centred on VARIANT_INIT (variant_levels): a shift common
-    to all of them changes no channel's choice, so the task loss never holds them up, while the
-    budget pushes every one down; uncentred, they fell together and the family's one open width
-    then flipped with noise. Centred, the budget can only move variants against each other (the
-    one whose code and weights cost most falls), the family's leader stays open, and its
-    channels keep choosing among the widths still open.
 The forward pass is hard (straight-through): it runs the argmax choice (with Gumbel / logistic
 noise while searching) and back-propagates through the softmax / sigmoid at temperature 1, so
 the model being trained is the discrete one, and the search's cost term is evaluated on that
@@ -179,23 +173,23 @@ class SearchableGraph(nn.Module):
         """Whether the kernel variants are searched (several bit-widths, not frozen)."""
         return len(self.choices) > 1 and self.frozen_bits is None
 
-    def variant_levels(self) -> torch.Tensor:
-        """(families × choices): each family's gate logits centred on VARIANT_INIT. Their mean is fixed,
-        so the leader's level is at least VARIANT_INIT: a family always has an open variant."""
-        return self.variant_logits - self.variant_logits.mean(dim=1, keepdim=True) + VARIANT_INIT
-
     def open_variants(self) -> torch.Tensor:
-        """(families × choices) bool: the kernel variants channels may use (at least one per family)."""
+        """(families × choices) bool: the kernel variants channels may use; at least one per family."""
+        logits = self.variant_logits.detach()
         if not self.gates_variants:
-            return torch.ones_like(self.variant_logits.detach(), dtype=torch.bool)
-        return self.variant_levels().detach() > 0
+            return torch.ones_like(logits, dtype=torch.bool)
+        opened = logits > 0
+        for f in range(len(self.families)):
+            if not bool(opened[f].any()):
+                opened[f, int(logits[f].argmax())] = True
+        return opened
 
     def variant_gates(self) -> torch.Tensor:
         """(families × choices): 1 for an open variant, 0 for a closed one, with the sigmoid's gradient
         (straight through); all ones when the variants are not searched."""
         if not self.gates_variants:
             return torch.ones_like(self.variant_logits.detach())
-        soft = torch.sigmoid(self.variant_levels())
+        soft = torch.sigmoid(self.variant_logits)
         return self.open_variants().float() + soft - soft.detach()
 
     def bit_scores(self, i: int, logits: torch.Tensor) -> torch.Tensor:
@@ -203,7 +197,7 @@ class SearchableGraph(nn.Module):
         draws probability away from its bit-width in every channel of the family)."""
         if not self.gates_variants:
             return logits
-        return logits + nn.functional.logsigmoid(self.variant_levels()[self.layer_family[i]])
+        return logits + nn.functional.logsigmoid(self.variant_logits[self.layer_family[i]])
 
     def _closed(self) -> list[torch.Tensor]:
         """Per layer, the (choices,) bool mask of its family's closed variants."""
