@@ -290,11 +290,13 @@ class Trainer:
         space.explore = False
         space.eval()
         total = 0.0
-        for i in range(0, len(self.judge_index), batch_size):
-            index = self.judge_index[i: i + batch_size]
-            total += float(F.cross_entropy(space(self.x[index]), self.y[index], reduction="sum"))
-        space.frozen_keep, space.frozen_bits, space.explore = frozen
-        space.train(training)
+        try:
+            for i in range(0, len(self.judge_index), batch_size):
+                index = self.judge_index[i: i + batch_size]
+                total += float(F.cross_entropy(space(self.x[index]), self.y[index], reduction="sum"))
+        finally:
+            space.frozen_keep, space.frozen_bits, space.explore = frozen
+            space.train(training)
         return total / len(self.judge_index)
 
     def run(self, space: SearchableGraph, stage: str, epochs: int, *, search: bool,
