@@ -3,7 +3,8 @@
 Steps (shared with the search, which supplies learned ranges instead of calibrated ones):
   1. ranges: min/max of every tensor over calibration data (pruned channels gated to zero);
   2. QuantState: per-tensor int8 scale/zero point (asymmetric), per-channel symmetric weight
-     scales at the plan's bit-widths (the least-error clipping of max|w|: `weight_steps`; grids `weight_limits`);
+     scales at the plan's bit-widths (the least-error clipping of max|w|: `weight_steps`, or the steps
+     fine-tuning trained; grids `weight_limits`);
   3. integerize: quantize weights and biases, requantization multipliers, fused activation
      clamps, channel bookkeeping (below), memory layout, validation (incl. the overflow proof).
 
