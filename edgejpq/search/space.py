@@ -288,7 +288,7 @@ class SearchableGraph(nn.Module):
         None when the steps are not trained."""
         if not len(self.log_steps):
             return None
-        assert self.frozen_bits is not None and self.frozen_keep is not None
+        assert self.frozen_keep is not None  # prepare_finetune froze the plan
         out = {}
         for layer, log_step in zip(self.layers, self.log_steps):
             kept = self.frozen_keep[self.groups.layer_group[layer.name]].detach().cpu().double().numpy()
@@ -323,12 +323,12 @@ class SearchableGraph(nn.Module):
         w = self.weights[i]
         shape = (-1,) + (1,) * (w.dim() - 1)
         total = torch.zeros_like(w)
+        steps = torch.exp(self.log_steps[i]) if len(self.log_steps) else None  # trained steps (fine-tuning)
         for k, bits in enumerate(self.choices):
             column = selection[:, k]
             if not self.soft and not column.requires_grad and not bool(column.any()):
                 continue  # a frozen plan: skip bit-widths nobody uses
-            quantized = (learned_step_weight(w, torch.exp(self.log_steps[i]), bits) if len(self.log_steps)
-                         else fake_quant_weight(w, bits))
+            quantized = fake_quant_weight(w, bits) if steps is None else learned_step_weight(w, steps, bits)
             total = total + column.reshape(shape) * quantized
         return total
 
