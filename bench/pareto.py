@@ -68,6 +68,11 @@ def main() -> None:
                         help="every method's distillation share of the task loss (search --distill)")
     parser.add_argument("--learn-steps", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tuning trains the weight steps (search --learn-steps), in every method")
+    parser.add_argument("--trial-batches", type=int, default=SearchConfig.trial_batches,
+                        help="joint and two-stage: weight-training steps each candidate of the variant exchange "
+                             "gets before it is judged (search --trial-batches)")
+    parser.add_argument("--lr", type=float, default=SearchConfig.lr,
+                        help="every method's Adam learning rate of the weights after pre-training (search --lr)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float-checkpoint", type=Path, default=None,
                         help="reuse this float model if it exists (its pre-training time is read from it), "
@@ -121,7 +126,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
     uniform8_flash = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8)).flash_bytes
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("out", "combine", "methods", "budgets", "bits", "emulate", *SPLIT)}
+                if k not in ("out", "combine", "methods", "budgets", "bits", "emulate", "trial_batches", *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
                "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
@@ -136,7 +141,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1), "variant_exchanges": result.variant_exchanges,
                  "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
-                 **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits} if method != "uniform" else {})}
+                 **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits, "trial_batches": config.trial_batches}
+                    if method != "uniform" else {})}
         if args.emulate:
             from edgejpq.emulate.host import emulate_host
             from edgejpq.quant.integerize import quantize_input
@@ -152,7 +158,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         if "uniform" in methods or f"uniform-{bits}" in methods:
             record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
                                                             finetune_epochs=args.uniform_epochs, seed=args.seed,
-                                                            distill=args.distill, learn_steps=args.learn_steps))
+                                                            distill=args.distill, learn_steps=args.learn_steps,
+                                                            lr=args.lr))
     choices = tuple(sorted(int(b) for b in args.bits.split(",")))
     widths = "" if choices == (2, 4, 8) else f" bits {args.bits}"
     for fraction in (float(f) for f in args.budgets.split(",")):
@@ -162,7 +169,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                 record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}{widths}",
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
-                                    choices=choices, distill=args.distill, learn_steps=args.learn_steps))
+                                    choices=choices, distill=args.distill, learn_steps=args.learn_steps,
+                                    trial_batches=args.trial_batches, lr=args.lr))
     payload["complete"] = True
     return payload
 
@@ -174,9 +182,11 @@ def _combine(files: list[Path]) -> dict:
         split = {k: part["protocol"].pop(k) for k in SPLIT if k in part["protocol"]}
         part["protocol"].setdefault("distill", 0.0)  # files from before --distill trained on the labels only
         part["protocol"].setdefault("learn_steps", False)  # and before --learn-steps kept the least-error steps
+        part["protocol"].setdefault("lr", 1e-3)  # and before --lr trained at 1e-3
         for point in part["points"]:
             if point["method"] != "uniform":
                 point.update({**split, **{k: point[k] for k in SPLIT if k in point}})
+                point.setdefault("trial_batches", 0)  # points from before the exchange's trials judged untrained
                 if " " not in point["label"]:
                     point["label"] += f" {point['search_epochs']}+{point['finetune_epochs']}"
     first = parts[0]

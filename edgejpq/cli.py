@@ -775,6 +775,9 @@ def search(
     learn_steps: Annotated[bool, typer.Option(help=(
         "Fine-tuning (and uniform QAT) trains every channel's weight step (LSQ), from its least-error one; "
         "--no-learn-steps keeps the least-error steps of the current weights."))] = True,
+    trial_batches: Annotated[int, typer.Option(min=0, help=(
+        "Weight-training steps each candidate plan of the kernel-variant exchange gets before it is judged, so "
+        "pruned channels' neighbours can adapt (0: judge the searched weights as they are)."))] = 100,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "auto",
     seed: int = 0,
@@ -809,7 +812,7 @@ def search(
                             choices=widths if method != "uniform" and widths else (2, 4, 8), search_epochs=epochs,
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
                             budgets=point.budgets, lr=lr, distill=distill, learn_steps=learn_steps,
-                            batch_size=batch_size, seed=seed, device=device)
+                            trial_batches=trial_batches, batch_size=batch_size, seed=seed, device=device)
                for point in points]
     if output.exists() and not output.is_dir():
         raise EdgejpqError(f"{output}: exists and is not a folder")
@@ -853,7 +856,7 @@ def search(
         header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
                   "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
                   "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "learn_steps": learn_steps,
-                  "device": device, "seed": seed}
+                  "trial_batches": trial_batches, "device": device, "seed": seed}
         summary = write_report(run_dir, result, spec, header)
         pareto.append(pareto_point(point, summary, method))
     if len(points) == 1:

@@ -321,6 +321,33 @@ def test_repair_drops_a_kernel_variant_rather_than_the_weights():
     assert final.weight_bytes >= ev.cost(four).weight_bytes, (steps, repaired.layers)
 
 
+@pytest.mark.unit
+def test_repair_pays_for_a_pinned_variant_without_moving_channels_into_a_closed_one():
+    """The exchange's wider move: a uniform 4-bit plan over budget, the 4-bit conv kernel pinned, after a
+    search that preferred 2 bits per channel and whose gates closed every 2-bit variant (so the cost
+    model prices their code at nothing). Left free, repair pays by moving conv channels back to 2 bits,
+    relinking that kernel; with the 2-bit conv kernel closed it prunes instead, and the plan still fits."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    with torch.no_grad():
+        for logits in space.bit_logits:
+            logits[:, 0] = 2.0
+        space.variant_logits.fill_(-3.0)
+        space.variant_logits[:, space.choices.index(4)] = 3.0
+    four = uniform_plan(graph, 4)
+    conv = space.layer_family[space.index["features.0"]]
+    budget = Budgets(flash_bytes=ev.cost(four).flash_bytes - ev.cost(four).weight_bytes // 4)
+
+    def conv_bits(plan: PrecisionPlan) -> set[int]:
+        return {b for name, lp in plan.layers.items() if name != "classifier" for b in lp.bits}
+
+    free, _ = repair(space, four, budget, ev, cost_model, pinned=frozenset({(conv, 4)}))
+    assert 2 in conv_bits(free) and ev.cost(free).flash_bytes <= budget.flash_bytes
+    closed, _ = repair(space, four, budget, ev, cost_model, pinned=frozenset({(conv, 4)}),
+                       closed=frozenset({(conv, 2)}))
+    assert conv_bits(closed) == {0, 4} and ev.cost(closed).flash_bytes <= budget.flash_bytes
+
+
 @pytest.mark.host_c
 def test_cost_figures_equal_the_generated_c(tmp_path):
     from codegen.generate import generate_sources
@@ -472,6 +499,27 @@ def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search
     expected = nn.functional.cross_entropy(torch.from_numpy(predict_float(graph, x.numpy())), y)
     assert loss == pytest.approx(float(expected), rel=1e-4)  # 8 bits of the float model: close to it
     assert trainer.plan_loss(space, two) != loss and trainer.plan_loss(space, eight) == loss
+
+
+@pytest.mark.unit
+def test_trial_loss_trains_the_plan_briefly_then_restores_the_search():
+    ds = load_dataset("digits")
+    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
+    target = load_target("cortex-m4")
+    space = SearchableGraph(graph, channel_groups(graph))
+    space.explore = True
+    before = [p.detach().clone() for p in space.parameters()]
+    two = uniform_plan(graph, 2)
+    evaluator = _evaluator(graph, ds.input_shape, target)
+    untrained = Trainer(ds, target, SearchConfig(trial_batches=0), evaluator, None).trial_loss(space, two)
+    trainer = Trainer(ds, target, SearchConfig(trial_batches=20), evaluator, None)
+    trained = trainer.trial_loss(space, two)
+    assert untrained == trainer.plan_loss(space, two)  # no steps: the searched weights as they are
+    assert trained < untrained  # 20 steps at 2 bits recover part of what rounding lost
+    assert trainer.trial_loss(space, two) == trained  # the same batches every time
+    assert all(torch.equal(a, b) for a, b in zip(before, space.parameters()))
+    assert all(p.grad is None for p in space.parameters())
+    assert space.explore and space.training and space.frozen_keep is None and space.frozen_bits is None
 
 
 def _repair_fixture():

@@ -88,6 +88,9 @@ class SearchConfig:
     # fine-tuning trains each channel's weight step (LSQ) from its least-error one; else the steps
     # stay the least-error ones of the current weights
     learn_steps: bool = True
+    # steps of weight training every candidate plan of the variant exchange gets before it is judged
+    # (0: the searched weights as they are)
+    trial_batches: int = 100
 
     def __post_init__(self) -> None:
         if self.method not in ("joint", "uniform", "two-stage"):
@@ -99,6 +102,8 @@ class SearchConfig:
                                f"in increasing order")
         if not 0.0 <= self.distill <= 1.0:
             raise EdgejpqError(f"distill {self.distill}: give the distillation share of the loss, from 0 to 1")
+        if self.trial_batches < 0:
+            raise EdgejpqError(f"trial batches {self.trial_batches}: give 0 or more")
         if self.method == "two-stage" and not self.budgets.items():
             raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --ram or --latency-ms)")
 
@@ -299,6 +304,32 @@ class Trainer:
             space.train(training)
         return total / len(self.judge_index)
 
+    def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan) -> float:
+        """plan_loss after `config.trial_batches` steps of training `space`'s weights as `plan` (Adam at
+        the weights' learning rate, the same batches for every plan): a pruned channel's neighbours
+        get to adapt before the plan is judged. `space`'s weights and choices are left as they were."""
+        saved = [p.detach().clone() for p in space.weight_parameters()]
+        frozen, training = (space.frozen_keep, space.frozen_bits, space.explore), space.training
+        order = _batches(len(self.x), self.config.batch_size, torch.Generator().manual_seed(self.config.seed + 1))
+        try:
+            space.freeze(plan)
+            space.explore = False
+            space.train()
+            optimizer = torch.optim.Adam(space.weight_parameters(), lr=self.config.lr)
+            for index in order[: self.config.trial_batches]:
+                loss = self.task_loss(space(self.x[index]), index)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            return self.plan_loss(space, plan)
+        finally:
+            with torch.no_grad():
+                for param, value in zip(space.weight_parameters(), saved):
+                    param.copy_(value)
+            space.zero_grad(set_to_none=True)
+            space.frozen_keep, space.frozen_bits, space.explore = frozen
+            space.train(training)
+
     def run(self, space: SearchableGraph, stage: str, epochs: int, *, search: bool,
             cost_model: CostModel | None) -> None:
         if epochs <= 0:
@@ -377,10 +408,12 @@ def _budget_gradients(space: SearchableGraph, plan: PrecisionPlan, budgets: list
 
 def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
            cost_model: CostModel, max_steps: int = 400,
-           pinned: frozenset[tuple[int, int]] = frozenset()) -> tuple[PrecisionPlan, int]:
+           pinned: frozenset[tuple[int, int]] = frozenset(),
+           closed: frozenset[tuple[int, int]] = frozenset()) -> tuple[PrecisionPlan, int]:
     """Lower bit-widths and prune channels, least regret per unit of cost saved first, until every
     budget holds under the exact cost model. A `pinned` kernel variant (family index, bits) is never
-    moved down whole (exchange_variants: the variant it is trying)."""
+    moved down whole, and no channel moves down into a `closed` one (exchange_variants: the variant
+    it is trying and the one it left)."""
     choices = space.choices
     steps = 0
     while True:
@@ -401,6 +434,8 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                     if not bits or bits == choices[0]:
                         continue
                     j = choices.index(bits)
+                    if (space.layer_family[i], choices[j - 1]) in closed:
+                        continue
                     saving = float(sel[i].grad[o, j] - sel[i].grad[o, j - 1])
                     regret = max(float(probs[o, j] - probs[o, j - 1]), 0.0) + 1e-3
                     (candidates if saving > 0 else fallback).append((regret / max(saving, 1e-9), "bits", i, o))
@@ -416,7 +451,7 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
                             ((float(prob[c]) + 1e-3) / max(saving, 1e-9), "prune", g.index, c))
         # Moving a whole kernel variant down one bit-width drops its code, which no single channel's
         # gradient shows while other channels still use it: priced exactly, it competes with the rest.
-        variant = _variant_move(space, plan, report, violated, evaluator, pinned) if any(
+        variant = _variant_move(space, plan, report, violated, evaluator, pinned, closed) if any(
             m == "flash" for m, _ in violated) else None
         if variant is not None and (not candidates or variant[0] <= min(candidates)[0]):
             plan = variant[1]
@@ -529,9 +564,11 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     Here every channel of a family at a linked bit-width b moves to the nearest wider and, separately,
     the nearest narrower bit-width: one the family does not link (linking it instead of b) or one it
     does (unlinking b); each such candidate is repaired to the budgets (the width moved to pinned, so
-    repair pays for it with other moves) and filled, and the one `judge` scores lowest (the loss of
-    the searched weights run as the plan) replaces the plan when it scores lower than the plan. Up
-    to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    repair pays for it with other moves, and b closed to the family, so repair cannot move channels
+    back to it: a wider width is paid for by pruning or by other families, not by relinking b) and
+    filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of the searched weights
+    run as the plan after a few steps of training them so) replaces the plan when it scores lower
+    than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
@@ -547,7 +584,8 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
                                                              == family else b for b in lp.bits))
                                        for name, lp in plan.layers.items()})
                 try:
-                    candidate, _ = repair(space, moved, budgets, evaluator, cost_model, pinned=frozenset({(family, new)}))
+                    candidate, _ = repair(space, moved, budgets, evaluator, cost_model,
+                                          pinned=frozenset({(family, new)}), closed=frozenset({(family, bits)}))
                 except EdgejpqError:  # no room for this variant
                     continue
                 candidate, _ = fill(space, candidate, budgets, evaluator, cost_model)
@@ -561,15 +599,18 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
 
 
 def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostReport, violated: list[tuple[Metric, float]],
-                  evaluator: Evaluator, pinned: frozenset[tuple[int, int]]) -> tuple[float, PrecisionPlan] | None:
+                  evaluator: Evaluator, pinned: frozenset[tuple[int, int]],
+                  closed: frozenset[tuple[int, int]]) -> tuple[float, PrecisionPlan] | None:
     """The best move of every channel on one kernel variant (family × bits) to the next lower bit-width:
     (regret per unit of the violated budgets saved, the plan), priced with the exact cost model."""
     choices = space.choices
     used: dict[tuple[int, int], list[tuple[int, int]]] = {}  # variant -> (layer index, channel)
     for i, layer in enumerate(space.layers):
         for o, bits in enumerate(plan.layers[layer.name].bits):
-            if bits and bits != choices[0] and (space.layer_family[i], bits) not in pinned:
-                used.setdefault((space.layer_family[i], bits), []).append((i, o))
+            family = space.layer_family[i]
+            if bits and bits != choices[0] and (family, bits) not in pinned and \
+                    (family, choices[choices.index(bits) - 1]) not in closed:
+                used.setdefault((family, bits), []).append((i, o))
     probs = [torch.softmax(logits.detach().cpu(), dim=1) for logits in space.bit_logits]
     best: tuple[float, PrecisionPlan] | None = None
     for (_, bits), channels in used.items():
@@ -677,7 +718,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, plan_model)
         plan, fill_steps = fill(space, plan, config.budgets, evaluator, plan_model)
         plan, exchanges = exchange_variants(space, plan, config.budgets, evaluator, plan_model,
-                                            lambda candidate: trainer.plan_loss(space, candidate))
+                                            lambda candidate: trainer.trial_loss(space, candidate))
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
