@@ -484,14 +484,20 @@ def test_exchange_links_the_kernel_variant_the_judge_prefers_within_the_budget()
     assert ev.cost(merged).flash_bytes <= budget.flash_bytes
 
 
-@pytest.mark.unit
-def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search_as_it_was():
+def _digits_space():
+    """Digits, an untrained CNN's search space with its noise on (as mid-search), target and evaluator."""
     ds = load_dataset("digits")
     graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
     target = load_target("cortex-m4")
     space = SearchableGraph(graph, channel_groups(graph))
-    trainer = Trainer(ds, target, SearchConfig(), _evaluator(graph, ds.input_shape, target), None)
     space.explore = True
+    return ds, graph, space, target, _evaluator(graph, ds.input_shape, target)
+
+
+@pytest.mark.unit
+def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search_as_it_was():
+    ds, graph, space, target, evaluator = _digits_space()
+    trainer = Trainer(ds, target, SearchConfig(), evaluator, None)
     eight, two = uniform_plan(graph, 8), uniform_plan(graph, 2)
     loss = trainer.plan_loss(space, eight)
     assert space.explore and space.training and space.frozen_keep is None and space.frozen_bits is None
@@ -503,14 +509,9 @@ def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search
 
 @pytest.mark.unit
 def test_trial_loss_trains_the_plan_briefly_then_restores_the_search():
-    ds = load_dataset("digits")
-    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
-    target = load_target("cortex-m4")
-    space = SearchableGraph(graph, channel_groups(graph))
-    space.explore = True
+    ds, graph, space, target, evaluator = _digits_space()
     before = [p.detach().clone() for p in space.parameters()]
     two = uniform_plan(graph, 2)
-    evaluator = _evaluator(graph, ds.input_shape, target)
     untrained = Trainer(ds, target, SearchConfig(trial_batches=0), evaluator, None).trial_loss(space, two)
     trainer = Trainer(ds, target, SearchConfig(trial_batches=20), evaluator, None)
     trained = trainer.trial_loss(space, two)

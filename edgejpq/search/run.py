@@ -305,9 +305,10 @@ class Trainer:
         return total / len(self.judge_index)
 
     def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan) -> float:
-        """plan_loss after `config.trial_batches` steps of training `space`'s weights as `plan` (Adam at
-        the weights' learning rate, the same batches for every plan): a pruned channel's neighbours
-        get to adapt before the plan is judged. `space`'s weights and choices are left as they were."""
+        """plan_loss after `config.trial_batches` steps (at most one pass over the training set) of
+        training `space`'s weights as `plan`, Adam at the weights' learning rate, the same batches for
+        every plan: a pruned channel's neighbours get to adapt before the plan is judged. `space`'s
+        weights and choices are left as they were."""
         saved = [p.detach().clone() for p in space.weight_parameters()]
         frozen, training = (space.frozen_keep, space.frozen_bits, space.explore), space.training
         order = _batches(len(self.x), self.config.batch_size, torch.Generator().manual_seed(self.config.seed + 1))
