@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -239,6 +240,21 @@ def _accuracy(space: SearchableGraph, x: torch.Tensor, y: torch.Tensor, batch_si
     return correct / max(1, len(x))
 
 
+@contextmanager
+def _run_as(space: SearchableGraph, plan: PrecisionPlan, *, training: bool) -> Iterator[None]:
+    """`space` with its choices frozen to `plan`, no noise, in training or eval mode; its own choices,
+    noise and mode are restored on leaving."""
+    frozen, mode = (space.frozen_keep, space.frozen_bits, space.explore), space.training
+    try:
+        space.freeze(plan)
+        space.explore = False
+        space.train(training)
+        yield
+    finally:
+        space.frozen_keep, space.frozen_bits, space.explore = frozen
+        space.train(mode)
+
+
 class Trainer:
     """Runs epochs of one stage: task loss + cost terms, progress per epoch, exact cost of the plan."""
 
@@ -290,18 +306,11 @@ class Trainer:
     def plan_loss(self, space: SearchableGraph, plan: PrecisionPlan, batch_size: int = 512) -> float:
         """Mean cross entropy of `space`'s weights run as `plan` (its hard choices, no noise, no
         fine-tuning) on the judge's training images; `space`'s own choices are left as they were."""
-        frozen, training = (space.frozen_keep, space.frozen_bits, space.explore), space.training
-        space.freeze(plan)
-        space.explore = False
-        space.eval()
         total = 0.0
-        try:
+        with _run_as(space, plan, training=False):
             for i in range(0, len(self.judge_index), batch_size):
                 index = self.judge_index[i: i + batch_size]
                 total += float(F.cross_entropy(space(self.x[index]), self.y[index], reduction="sum"))
-        finally:
-            space.frozen_keep, space.frozen_bits, space.explore = frozen
-            space.train(training)
         return total / len(self.judge_index)
 
     def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan) -> float:
@@ -310,26 +319,21 @@ class Trainer:
         every plan: a pruned channel's neighbours get to adapt before the plan is judged. `space`'s
         weights and choices are left as they were."""
         saved = [p.detach().clone() for p in space.weight_parameters()]
-        frozen, training = (space.frozen_keep, space.frozen_bits, space.explore), space.training
         order = _batches(len(self.x), self.config.batch_size, torch.Generator().manual_seed(self.config.seed + 1))
         try:
-            space.freeze(plan)
-            space.explore = False
-            space.train()
-            optimizer = torch.optim.Adam(space.weight_parameters(), lr=self.config.lr)
-            for index in order[: self.config.trial_batches]:
-                loss = self.task_loss(space(self.x[index]), index)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            with _run_as(space, plan, training=True):
+                optimizer = torch.optim.Adam(space.weight_parameters(), lr=self.config.lr)
+                for index in order[: self.config.trial_batches]:
+                    loss = self.task_loss(space(self.x[index]), index)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
             return self.plan_loss(space, plan)
         finally:
             with torch.no_grad():
                 for param, value in zip(space.weight_parameters(), saved):
                     param.copy_(value)
             space.zero_grad(set_to_none=True)
-            space.frozen_keep, space.frozen_bits, space.explore = frozen
-            space.train(training)
 
     def run(self, space: SearchableGraph, stage: str, epochs: int, *, search: bool,
             cost_model: CostModel | None) -> None:
