@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -111,8 +110,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         float_seconds = float(meta["history"][-1].get("seconds", float("nan")))
         console.print(f"float model from {args.float_checkpoint} ({float_seconds:.0f} s of pre-training)")
     else:
-        torch.manual_seed(args.seed)
-        net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes)
+        net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes, seed=args.seed)
         start = time.perf_counter()
         history = train_float(net, ds, epochs=args.pretrain_epochs, lr=1e-3, seed=args.seed,
                               on_epoch=lambda e, loss, acc: console.print(

@@ -104,7 +104,7 @@ def train(
 
     _check_output_folder(output)
     ds = load_dataset(data)
-    net = build_model(model, ds.input_shape, ds.num_classes)
+    net = build_model(model, ds.input_shape, ds.num_classes, seed=seed)
     params = sum(p.numel() for p in net.parameters())
     start = time.perf_counter()
     with _progress() as progress:
@@ -138,8 +138,10 @@ def _check_output_folder(path: Path) -> None:
 # --------------------------------------------------------------------------- export
 
 
-def _load_model_for_data(model_spec: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, str]:
-    """A trained checkpoint (.pt) or a model spec (untrained: useful only to exercise the pipeline)."""
+def _load_model_for_data(model_spec: str, input_shape: tuple[int, ...], num_classes: int,
+                         seed: int | None = None) -> tuple[Any, str]:
+    """A trained checkpoint (.pt) or a model spec (untrained: useful only to exercise the pipeline; its initial
+    weights drawn from `seed`, zoo.build_model)."""
     from edgejpq.train import load_float_checkpoint
     from edgejpq.zoo import build_model
 
@@ -149,7 +151,7 @@ def _load_model_for_data(model_spec: str, input_shape: tuple[int, ...], num_clas
             raise EdgejpqError(f"{model_spec}: trained for inputs {tuple(meta['input_shape'])} with "
                                f"{meta['num_classes']} classes, but the data has {tuple(input_shape)} and {num_classes}")
         return net, str(meta.get("model_spec", model_spec))
-    return build_model(model_spec, input_shape, num_classes), model_spec
+    return build_model(model_spec, input_shape, num_classes, seed=seed), model_spec
 
 
 @app.command(epilog="Examples: `edgejpq export --model float.pt --plan uniform:8 --data fashion-mnist -o model.ejq`; "
@@ -825,7 +827,7 @@ def search(
     elif resume and float_path.exists():
         net, model_spec = _load_model_for_data(str(float_path), ds.input_shape, ds.num_classes)
     else:
-        net, model_spec = _load_model_for_data(model, ds.input_shape, ds.num_classes)
+        net, model_spec = _load_model_for_data(model, ds.input_shape, ds.num_classes, seed=seed)
         if pretrain_epochs:
             with _progress() as progress:
                 task = progress.add_task(f"float pre-training {model}", total=pretrain_epochs)

@@ -398,12 +398,20 @@ def _refuse_torchscript(path: Path, input_shape: tuple[int, ...], num_classes: i
 # --------------------------------------------------------------------------- entry point
 
 
-def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int | None = None) -> nn.Module:
     """Build `zoo:NAME` or `path/to/file.py:ClassName` for this input shape and class count.
+
+    With `seed`, the initial weights are drawn from `torch.manual_seed(seed)` (torch's global generator
+    is left as it was), so one seed builds one model; without it, from the global generator, which
+    torch seeds at random in every process.
 
     `path/to/model.pt2` (torch.export) and `.ts`/`.pt` (TorchScript) files are read and checked
     against the input shape and class count, then refused: edgejpq cannot lower them yet.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(spec, input_shape, num_classes)
     input_shape = tuple(int(d) for d in input_shape)
     if num_classes < 1:
         raise EdgejpqError(f"num_classes must be at least 1, got {num_classes}")

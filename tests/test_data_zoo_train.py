@@ -549,6 +549,32 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
+def test_build_model_seed_fixes_the_initial_weights_and_leaves_the_global_generator() -> None:
+    def weights(seed: int) -> list[torch.Tensor]:
+        return list(build_model("zoo:cnn", (1, 8, 8), 10, seed=seed).state_dict().values())
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, again, other = weights(0), weights(0), weights(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_cli_train_twice_with_one_seed_gives_one_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgejpq.cli import app
+
+    models = []
+    for name in ("a.pt", "b.pt"):
+        result = CliRunner().invoke(app, ["train", "--model", "zoo:cnn", "--data", "digits", "--epochs", "1",
+                                          "--seed", "3", "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        models.append(load_float_checkpoint(tmp_path / name)[0].state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
 def test_checkpoint_wrong_format_refused(tmp_path: Path) -> None:
     model = build_model("zoo:mlp", (1, 8, 8), 10)
     path = tmp_path / "c.pt"
