@@ -745,7 +745,7 @@ def _bit_widths(text: Optional[str]) -> tuple[int, ...]:
 
 
 @app.command(epilog="Examples: `edgejpq search --target cortex-m4 --model zoo:resnet8 --data fashion-mnist "
-                    "--flash 48KiB --epochs 4 -o runs/r8`; `edgejpq search --model float.pt --data digits "
+                    "--flash 48KiB -o runs/r8`; `edgejpq search --model float.pt --data digits "
                     "--strength 1 -o runs/s1`; `edgejpq search --method uniform --bits 4 ...` (baseline); "
                     "`edgejpq search ... --flash 32KiB,48KiB,64KiB -o runs/sweep` (one run per budget + pareto.png)")
 @user_errors
@@ -767,8 +767,8 @@ def search(
         help="--method uniform: its bit-width (default 8). joint and two-stage: the bit-widths a channel may take "
              "(default 2,4,8); each one a kernel family uses links its kernel (the target file's code_size), and the "
              "search drops the ones it cannot afford.")] = None,
-    epochs: Annotated[int, typer.Option(min=0, help="Search epochs (uniform: QAT epochs).")] = 4,
-    finetune_epochs: Annotated[int, typer.Option(min=0, help="Quantization-aware fine-tuning epochs.")] = 2,
+    epochs: Annotated[int, typer.Option(min=0, help="Search epochs (uniform: QAT epochs).")] = 2,
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="Quantization-aware fine-tuning epochs.")] = 6,
     pretrain_epochs: Annotated[int, typer.Option(min=0, help="Float epochs when --model is a spec.")] = 3,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the weights (search, fine-tuning, QAT).")] = 1e-3,
     distill: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
