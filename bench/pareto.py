@@ -57,9 +57,9 @@ def main() -> None:
     # ResNet-8 joint @ 0.47: 3 + 5 gave 91.14%, 2 + 6 gave 91.30% (the fine-tuning was still gaining);
     # @ 0.44, seeds 0 / 1: 1 + 7 gave 90.56 / 90.77%, 2 + 6 90.86 / 91.13%. DS-CNN joint @ 0.66, seeds 0 / 1:
     # 1 + 7 gave 89.30 / 89.51%, 2 + 6 88.64 / 88.73%: the README's DS-CNN points pass
-    # --search-epochs 1 --finetune-epochs 7 (the default stays 2 + 6)
-    parser.add_argument("--search-epochs", type=int, default=2)
-    parser.add_argument("--finetune-epochs", type=int, default=6)
+    # --search-epochs 1 --finetune-epochs 7 (the default stays 2 + 6, edgejpq search's)
+    parser.add_argument("--search-epochs", type=int, default=SearchConfig.search_epochs)
+    parser.add_argument("--finetune-epochs", type=int, default=SearchConfig.finetune_epochs)
     parser.add_argument("--budgets", default="0.35,0.47", help="flash budgets as fractions of uniform 8-bit")
     parser.add_argument("--bits", default="2,4,8", help="the bit-widths joint and two-stage may use (search --bits)")
     parser.add_argument("--methods", default="uniform,joint,two-stage",
