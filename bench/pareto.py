@@ -70,6 +70,9 @@ def main() -> None:
                         help="every method's distillation share of the task loss (search --distill)")
     parser.add_argument("--learn-steps", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tuning trains the weight steps (search --learn-steps), in every method")
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=SearchConfig.batch_norm,
+                        help="fine-tuning puts a batch norm back after every convolution (search --batch-norm), in "
+                             "every method")
     parser.add_argument("--trial-batches", type=int, default=SearchConfig.trial_batches,
                         help="joint and two-stage: weight-training steps each candidate of the variant exchange "
                              "gets before it is judged (search --trial-batches)")
@@ -160,6 +163,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
             record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
                                                             finetune_epochs=args.uniform_epochs, seed=args.seed,
                                                             distill=args.distill, learn_steps=args.learn_steps,
+                                                            batch_norm=args.batch_norm,
                                                             lr=args.lr))
     choices = tuple(sorted(int(b) for b in args.bits.split(",")))
     widths = "" if choices == (2, 4, 8) else f" bits {args.bits}"
@@ -171,6 +175,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
                                     choices=choices, distill=args.distill, learn_steps=args.learn_steps,
+                                    batch_norm=args.batch_norm,
                                     trial_batches=args.trial_batches, lr=args.lr))
     payload["complete"] = True
     return payload
@@ -183,6 +188,7 @@ def _combine(files: list[Path]) -> dict:
         split = {k: part["protocol"].pop(k) for k in SPLIT if k in part["protocol"]}
         part["protocol"].setdefault("distill", 0.0)  # files from before --distill trained on the labels only
         part["protocol"].setdefault("learn_steps", False)  # and before --learn-steps kept the least-error steps
+        part["protocol"].setdefault("batch_norm", False)  # and before --batch-norm fine-tuned the folded graph
         part["protocol"].setdefault("lr", 1e-3)  # and before --lr trained at 1e-3
         for point in part["points"]:
             if point["method"] != "uniform":

@@ -82,7 +82,7 @@ def main() -> None:
     groups = channel_groups(graph)
 
     uniform = SearchableGraph(graph, groups)
-    uniform.prepare_finetune(full, calib)
+    uniform.prepare_finetune(full, calib, batch_norm=config.batch_norm)
     joint = SearchableGraph(graph, groups)
     cost_model = CostModel(joint, target, evaluator.model(full), evaluator.ranges)
     finetune: SearchableGraph | None = None
@@ -99,7 +99,7 @@ def main() -> None:
                 if finetune is None:
                     finetune_plan = joint.discrete_plan()
                     finetune = SearchableGraph(joint.trained_graph(), groups)
-                    finetune.prepare_finetune(finetune_plan, calib)
+                    finetune.prepare_finetune(finetune_plan, calib, batch_norm=config.batch_norm)
                 trainer.run(finetune, "finetune", 1, search=False, cost_model=None)
             seconds[kind].append((time.perf_counter() - start) / args.batches)
             console.print(f"round {r + 1}/{args.rounds} {kind}: {1000 * seconds[kind][-1]:.0f} ms per batch")

@@ -191,6 +191,61 @@ def test_learned_weight_steps_start_least_error_and_are_the_steps_export_writes(
 
 
 @pytest.mark.unit
+def test_fine_tuning_batch_norm_starts_at_the_folded_model_and_exports_exactly_what_it_trained():
+    """prepare_finetune(batch_norm=True) puts a batch norm after every convolution (not the linear
+    layer) that leaves the model as it was. Training moves the norms' running statistics, gamma and
+    beta. In eval the model is exactly its folded graph, `trained_graph()`, the one export
+    takes: a space built on that graph with the same weight steps and activation ranges computes the
+    same logits, bit for bit."""
+    graph, space, _, _ = _cnn_space(load_target("cortex-m4"))
+    rng = np.random.default_rng(7)
+    layers = {layer.name: [int(b) for b in rng.choice([2, 4, 8], layer.out_channels)] for layer in graph.weighted}
+    for g in space.groups.prunable:
+        for name in g.members:
+            layers[name][0] = 0
+    plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+    x = torch.from_numpy(rng.random((32, 1, 12, 12)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 10, 32))
+    plain = SearchableGraph(graph, channel_groups(graph))
+    plain.prepare_finetune(plan, x.numpy())
+    space.prepare_finetune(plan, x.numpy(), batch_norm=True)
+    assert sorted(space.batch_norms) == sorted(l.name.replace(".", "__") for l in graph.weighted if l.kind != "linear")
+    space.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(space(x), plain(x), rtol=0, atol=1e-6)
+
+    def state(norm):
+        return torch.stack([norm.running_mean, norm.running_var, norm.weight.detach(), norm.bias.detach()])
+
+    start = {key: state(norm).clone() for key, norm in space.batch_norms.items()}
+    optimizer = torch.optim.Adam([*space.weight_parameters(), *space.step_parameters(), *space.range_parameters()],
+                                 lr=1e-2)
+    space.train()
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(space(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, norm in space.batch_norms.items():
+        assert (state(norm) != start[key]).any(dim=1).all(), key  # running mean and variance, gamma, beta
+
+    trained = space.trained_graph()
+    folded = SearchableGraph(trained, channel_groups(trained))
+    folded.prepare_finetune(plan, x.numpy())
+    with torch.no_grad():
+        for mine, theirs in zip(folded.log_steps, space.log_steps):
+            mine.copy_(theirs)
+        for key in folded.act_lo:
+            folded.act_lo[key].copy_(space.act_lo[key])
+            folded.act_hi[key].copy_(space.act_hi[key])
+    space.eval()
+    folded.eval()
+    with torch.no_grad():
+        assert torch.equal(space(x), folded(x))
+
+
+@pytest.mark.unit
 def test_distillation_mixes_the_float_models_soft_targets_into_the_task_loss():
     ds = load_dataset("digits")
     graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)

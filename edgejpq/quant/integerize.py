@@ -159,6 +159,11 @@ def _spatial(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(2) if x.dim() == 3 else x  # (N, C, L) runs as (N, C, 1, L)
 
 
+def activate(y: torch.Tensor, activation: str) -> torch.Tensor:
+    """A fused activation of the float graph: "relu", "relu6" or "none"."""
+    return F.relu(y) if activation == "relu" else F.relu6(y) if activation == "relu6" else y
+
+
 def run_layer(layer: Layer, values: Mapping[str, torch.Tensor], graph: FloatGraph,
               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """One layer of the float graph (PyTorch layout); weight/bias override the layer's own."""
@@ -177,11 +182,7 @@ def run_layer(layer: Layer, values: Mapping[str, torch.Tensor], graph: FloatGrap
                 x4, padding = F.pad(x4, (left, right, top, bottom)), (0, 0)
             y = F.conv2d(x4, w, b, stride=layer.stride, padding=padding, groups=x4.shape[1] if layer.depthwise else 1)
             y = y.reshape(y.shape[0], *graph.shapes[layer.output])
-        if layer.activation == "relu":
-            y = F.relu(y)
-        elif layer.activation == "relu6":
-            y = F.relu6(y)
-        return y
+        return activate(y, layer.activation)
     if isinstance(layer, PoolLayer):
         x = _spatial(values[layer.input])
         top, bottom, left, right = layer.padding
@@ -194,7 +195,7 @@ def run_layer(layer: Layer, values: Mapping[str, torch.Tensor], graph: FloatGrap
         return y.reshape(y.shape[0], *graph.shapes[layer.output])
     if isinstance(layer, AddLayer):
         y = values[layer.inputs[0]] + values[layer.inputs[1]]
-        return F.relu(y) if layer.activation == "relu" else F.relu6(y) if layer.activation == "relu6" else y
+        return activate(y, layer.activation)
     if isinstance(layer, ConcatLayer):
         return torch.cat([values[name] for name in layer.inputs], dim=1)
     if isinstance(layer, FlattenLayer):

@@ -90,6 +90,9 @@ class SearchConfig:
     # fine-tuning trains each channel's weight step (LSQ) from its least-error one; else the steps
     # stay the least-error ones of the current weights
     learn_steps: bool = True
+    # fine-tuning puts a batch norm back after every convolution (trained on batch statistics, quantized
+    # folded with the running ones, at twice the time per epoch); else it trains the folded convolutions
+    batch_norm: bool = False
     # steps of weight training every candidate plan of the variant exchange gets before it is judged
     # (0: the searched weights as they are)
     trial_batches: int = 100
@@ -730,7 +733,8 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
 
     # quantization-aware fine-tuning of the discrete plan, activation ranges learned
-    space.prepare_finetune(plan, calib, learn_steps=config.learn_steps and finetune_epochs > 0)
+    space.prepare_finetune(plan, calib, learn_steps=config.learn_steps and finetune_epochs > 0,
+                           batch_norm=config.batch_norm and finetune_epochs > 0)
     trainer.run(space, "finetune", finetune_epochs, search=False, cost_model=None)
     trained = space.trained_graph()
     ranges = space.activation_ranges() if finetune_epochs > 0 else calibrate(trained, calib, plan)

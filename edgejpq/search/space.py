@@ -34,9 +34,12 @@ from torch import nn
 from edgejpq.cost.model import kernel_family
 from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
 from edgejpq.plan import LayerPlan, PrecisionPlan
-from edgejpq.quant.integerize import calibrate, round_weights, run_layer, weight_limits, weight_scales, weight_steps
+from edgejpq.quant.integerize import (activate, calibrate, round_weights, run_layer, weight_limits, weight_scales,
+                                      weight_steps)
 from edgejpq.search.groups import ChannelGroup, ChannelGroups
 
+BN_EPS = 1e-5  # nn.BatchNorm's defaults
+BN_MOMENTUM = 0.1
 KEEP_INIT = 2.0  # sigmoid(2) ≈ 0.88: start from the (pre-trained) full model
 VARIANT_INIT = 2.0  # every kernel variant open at the start (a common shift of a family's bit logits)
 
@@ -133,6 +136,9 @@ class SearchableGraph(nn.Module):
         self.act_hi = nn.ParameterDict()
         # per layer, the log of each channel's weight step at its plan's bit-width (fine-tuning only)
         self.log_steps = nn.ParameterList()
+        # fine-tuning's batch norm after every convolution (prepare_finetune(batch_norm=True)), by layer key
+        self.batch_norms = nn.ModuleDict()
+        self._recording: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.temperature = 1.0
         self.explore = False  # add Gumbel / logistic noise to the hard choices (training only)
         self.soft = False  # run the probability-weighted mixture instead of the hard choice
@@ -146,7 +152,7 @@ class SearchableGraph(nn.Module):
         return [*self.keep_logits, *self.bit_logits, *([self.variant_logits] if self.gates_variants else [])]
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        return [*self.weights, *self.biases]
+        return [*self.weights, *self.biases, *self.batch_norms.parameters()]
 
     def range_parameters(self) -> list[nn.Parameter]:
         return [*self.act_lo.values(), *self.act_hi.values()]
@@ -270,10 +276,12 @@ class SearchableGraph(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def prepare_finetune(self, plan: PrecisionPlan, calibration: np.ndarray, *, learn_steps: bool = True) -> None:
+    def prepare_finetune(self, plan: PrecisionPlan, calibration: np.ndarray, *, learn_steps: bool = True,
+                         batch_norm: bool = False) -> None:
         """Fix every choice to `plan` and fake-quantize every integer tensor, with learnable ranges
         calibrated on the trained weights: quantization-aware fine-tuning (and uniform QAT). With
-        `learn_steps`, every channel's weight step is trained too, from its least-error step."""
+        `learn_steps`, every channel's weight step is trained too, from its least-error step. With
+        `batch_norm`, every convolution gets a batch norm back (see `_batch_norm_layer`)."""
         self.freeze(plan)
         self.enable_activation_quant(calibrate(self.trained_graph(), calibration, plan))
         self.log_steps = nn.ParameterList()
@@ -282,6 +290,41 @@ class SearchableGraph(nn.Module):
                 scales = torch.from_numpy(weight_scales(w.detach().cpu(), plan.layers[layer.name].bits))
                 steps = torch.where(scales > 0, scales, torch.ones_like(scales)).to(w.dtype)
                 self.log_steps.append(nn.Parameter(torch.log(steps).to(w.device)))
+        if batch_norm:
+            self._start_batch_norm(calibration)
+
+    def _start_batch_norm(self, calibration: np.ndarray) -> None:
+        """A batch norm after every convolution, started where the folded layer is: running statistics
+        of its float product on `calibration`, gamma their std and beta their mean plus the bias, so the
+        model computes what it did."""
+        self._recording = {}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self(torch.from_numpy(calibration).to(self.weights[0].device))
+            recorded = self._recording
+        finally:
+            self._recording = None
+            self.train(was_training)
+        for name, (mean, var) in recorded.items():
+            norm = nn.BatchNorm1d(len(mean), eps=BN_EPS, momentum=BN_MOMENTUM).to(mean.device)
+            with torch.no_grad():
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.weight.copy_(torch.sqrt(var + BN_EPS))
+                norm.bias.copy_(mean + self.biases[self.index[name]])
+            self.batch_norms[_key(name)] = norm
+
+    def folded(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's weight and bias, with its fine-tuning batch norm folded in (running statistics)."""
+        key = _key(self.layers[i].name)
+        if key not in self.batch_norms:
+            return self.weights[i], self.biases[i]
+        norm = self.batch_norms[key]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        w = self.weights[i]
+        return w * scale.reshape((-1,) + (1,) * (w.dim() - 1)), norm.bias - norm.running_mean * scale
 
     def learned_weight_scales(self) -> dict[str, np.ndarray] | None:
         """Per layer, each channel's trained weight step (0 for a pruned one), as export takes them;
@@ -320,7 +363,7 @@ class SearchableGraph(nn.Module):
         return fake_quant_activation(x, self.act_lo[key], self.act_hi[key])
 
     def mixed_weight(self, i: int, selection: torch.Tensor) -> torch.Tensor:
-        w = self.weights[i]
+        w = self.folded(i)[0]
         shape = (-1,) + (1,) * (w.dim() - 1)
         total = torch.zeros_like(w)
         steps = torch.exp(self.log_steps[i]) if len(self.log_steps) else None  # trained steps (fine-tuning)
@@ -340,9 +383,15 @@ class SearchableGraph(nn.Module):
         for layer in self.graph.layers:
             if isinstance(layer, WeightedLayer):
                 i = self.index[layer.name]
-                weight, bias = self.mixed_weight(i, selections[i]), self.biases[i]
                 group = self.groups.group_of(layer.name)
                 gate = keep[group.index]
+                weight, bias = self.mixed_weight(i, selections[i]), self.folded(i)[1]
+                if self._recording is not None and layer.kind != "linear":  # _start_batch_norm's statistics
+                    self._recording[layer.name] = _channel_statistics(self._product(i, values, self.weights[i]))
+                if self.training and _key(layer.name) in self.batch_norms:
+                    y = self._batch_norm_layer(i, values, weight)
+                    values[layer.output] = self._aq(layer.output, y * gate.reshape((1, -1) + (1,) * (y.dim() - 2)))
+                    continue
                 if self._searched(group):  # a searched gate learns from the gated output
                     y = run_layer(layer, values, self.graph, weight=weight, bias=bias)
                     y = y * gate.reshape((1, -1) + (1,) * (y.dim() - 2))
@@ -358,6 +407,29 @@ class SearchableGraph(nn.Module):
                     y = self._aq(layer.output, y)
             values[layer.output] = y
         return values[self.graph.output]
+
+    def _product(self, i: int, values: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+        """Layer i's convolution with `weight`, no bias, no activation."""
+        layer = self.layers[i]
+        return run_layer(replace(layer, activation="none"), values, self.graph, weight=weight,
+                         bias=torch.zeros(layer.out_channels, dtype=weight.dtype, device=weight.device))
+
+    def _batch_norm_layer(self, i: int, values: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+        """Layer i and its fine-tuning batch norm in training, quantized folded (Jacob et al., 2018, 3.2):
+        `weight` is the fake-quantized weight folded with the running statistics; its product is
+        rescaled to the statistics of this batch's unfolded float convolution, which update the running
+        ones. In eval the layer is the folded one (`folded`), which `trained_graph` gives export."""
+        norm = self.batch_norms[_key(self.layers[i].name)]
+        mean, var = _channel_statistics(self._product(i, values, self.weights[i]))
+        std = torch.sqrt(var + norm.eps)
+        shape = (1, -1) + (1,) * (len(self.graph.shapes[self.layers[i].output]) - 1)
+        y = self._product(i, values, weight) * (torch.sqrt(norm.running_var + norm.eps) / std).reshape(shape)
+        y = y + (norm.bias - mean * norm.weight / std).reshape(shape)
+        with torch.no_grad():  # as nn.BatchNorm: the running variance is the unbiased one
+            n = values[self.layers[i].input].shape[0] * int(np.prod(self.graph.shapes[self.layers[i].output][1:]))
+            norm.running_mean.lerp_(mean.detach(), norm.momentum)
+            norm.running_var.lerp_(var.detach() * n / max(n - 1, 1), norm.momentum)
+        return activate(y, self.layers[i].activation)
 
     # ------------------------------------------------------------------ results
 
@@ -408,8 +480,8 @@ class SearchableGraph(nn.Module):
         for layer in self.graph.layers:
             if isinstance(layer, WeightedLayer):
                 i = self.index[layer.name]
-                layer = replace(layer, weight=self.weights[i].detach().cpu().clone(),
-                                bias=self.biases[i].detach().cpu().clone())
+                weight, bias = self.folded(i)
+                layer = replace(layer, weight=weight.detach().cpu().clone(), bias=bias.detach().cpu().clone())
             new_layers.append(layer)
         consumers: dict[str, list] = {name: [] for name in self.graph.shapes}
         from edgejpq.graph import layer_inputs
@@ -418,6 +490,12 @@ class SearchableGraph(nn.Module):
             for name in layer_inputs(layer):
                 consumers[name].append(layer)
         return replace(self.graph, layers=tuple(new_layers), consumers={k: tuple(v) for k, v in consumers.items()})
+
+
+def _channel_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel (dimension 1), the mean and biased variance of `y` over every other dimension."""
+    dims = [d for d in range(y.dim()) if d != 1]
+    return y.mean(dim=dims), y.var(dim=dims, unbiased=False)
 
 
 def _key(name: str) -> str:
