@@ -818,7 +818,8 @@ def search(
                             choices=widths if method != "uniform" and widths else (2, 4, 8), search_epochs=epochs,
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
                             budgets=point.budgets, lr=lr, distill=distill, learn_steps=learn_steps,
-                            batch_norm=batch_norm, trial_batches=trial_batches, batch_size=batch_size, seed=seed, device=device)
+                            batch_norm=batch_norm, trial_batches=trial_batches, batch_size=batch_size, seed=seed,
+                            device=device)
                for point in points]
     if output.exists() and not output.is_dir():
         raise EdgejpqError(f"{output}: exists and is not a folder")
