@@ -128,6 +128,15 @@ def _cnn_space(target):
     return graph, space, ev, CostModel(space, target, ev.model(uniform_plan(graph, 8)))
 
 
+def _random_plan_pruning_every_group(graph, space, rng) -> PrecisionPlan:
+    """Random 2/4/8 bits per channel, with the first channel of every prunable group pruned."""
+    layers = {layer.name: [int(b) for b in rng.choice([2, 4, 8], layer.out_channels)] for layer in graph.weighted}
+    for g in space.groups.prunable:
+        for name in g.members:
+            layers[name][0] = 0
+    return PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+
+
 @pytest.mark.unit
 def test_searched_weights_are_exports_weights():
     """The search trains on the weight grid that export writes: every kept channel's fake-quantized
@@ -155,11 +164,7 @@ def test_learned_weight_steps_start_least_error_and_are_the_steps_export_writes(
     clips; the step's is (rounded - w/step) inside and the clipped level outside."""
     graph, space, _, _ = _cnn_space(load_target("cortex-m4"))
     rng = np.random.default_rng(5)
-    layers = {layer.name: [int(b) for b in rng.choice([2, 4, 8], layer.out_channels)] for layer in graph.weighted}
-    for g in space.groups.prunable:
-        for name in g.members:
-            layers[name][0] = 0
-    plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+    plan = _random_plan_pruning_every_group(graph, space, rng)
     calibration = rng.random((8, 1, 12, 12)).astype(np.float32)
     space.prepare_finetune(plan, calibration)
     least_error = derive_quant_state(graph, plan, calibrate(graph, calibration))
@@ -199,11 +204,7 @@ def test_fine_tuning_batch_norm_starts_at_the_folded_model_and_exports_exactly_w
     same logits, bit for bit."""
     graph, space, _, _ = _cnn_space(load_target("cortex-m4"))
     rng = np.random.default_rng(7)
-    layers = {layer.name: [int(b) for b in rng.choice([2, 4, 8], layer.out_channels)] for layer in graph.weighted}
-    for g in space.groups.prunable:
-        for name in g.members:
-            layers[name][0] = 0
-    plan = PrecisionPlan({name: LayerPlan(tuple(bits)) for name, bits in layers.items()})
+    plan = _random_plan_pruning_every_group(graph, space, rng)
     x = torch.from_numpy(rng.random((32, 1, 12, 12)).astype(np.float32))
     labels = torch.from_numpy(rng.integers(0, 10, 32))
     plain = SearchableGraph(graph, channel_groups(graph))
