@@ -356,15 +356,15 @@ class Trainer:
         batches_per_epoch = math.ceil(len(self.x) / config.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
         t0, t1 = config.temperature
+        steps = max(1, epochs * batches_per_epoch - 1)
         for epoch in range(epochs):
             start = time.perf_counter()
-            if search:
-                fraction = epoch / max(1, epochs - 1)
-                space.temperature = t0 * (t1 / t0) ** fraction
             space.explore = search
             space.train()
             total, seen = 0.0, 0
-            for index in _batches(len(self.x), config.batch_size, self.generator):
+            for batch, index in enumerate(_batches(len(self.x), config.batch_size, self.generator)):
+                if search:  # annealed per batch, so even a one-epoch search ends at t1
+                    space.temperature = t0 * (t1 / t0) ** ((epoch * batches_per_epoch + batch) / steps)
                 logits = space(self.x[index])
                 loss = self.task_loss(logits, index)
                 if search and cost_model is not None:
