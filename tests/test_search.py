@@ -564,17 +564,6 @@ def test_plan_loss_scores_the_searched_weights_as_the_plan_and_leaves_the_search
 
 
 @pytest.mark.unit
-def test_a_one_epoch_search_anneals_its_temperature_down_to_the_last():
-    ds, graph, space, target, evaluator = _digits_space()
-    config = SearchConfig(temperature=(0.5, 0.02))
-    seen: list[float] = []
-    space.register_forward_pre_hook(lambda module, args: seen.append(module.temperature) if module.training else None)
-    Trainer(ds, target, config, evaluator, None).run(space, "search", 1, search=True, cost_model=None)
-    assert seen[0] == pytest.approx(0.5) and seen[-1] == pytest.approx(0.02)
-    assert all(a > b for a, b in zip(seen, seen[1:]))  # every batch a little lower
-
-
-@pytest.mark.unit
 def test_trial_loss_trains_the_plan_briefly_then_restores_the_search():
     ds, graph, space, target, evaluator = _digits_space()
     before = [p.detach().clone() for p in space.parameters()]
