@@ -68,7 +68,7 @@ def main() -> None:
     if args.float_checkpoint is not None:
         net, _ = load_float_checkpoint(args.float_checkpoint)
     else:
-        net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes)
+        net = build_model(f"zoo:{args.model}", ds.input_shape, ds.num_classes, seed=0)
     graph = build_float_graph(net, ds.input_shape)
     target = load_target(args.target)
     calib = calibration_subset(ds, 1000, seed=0)

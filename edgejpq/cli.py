@@ -139,9 +139,9 @@ def _check_output_folder(path: Path) -> None:
 
 
 def _load_model_for_data(model_spec: str, input_shape: tuple[int, ...], num_classes: int,
-                         seed: int | None = None) -> tuple[Any, str]:
+                         seed: int = 0) -> tuple[Any, str]:
     """A trained checkpoint (.pt) or a model spec (untrained: useful only to exercise the pipeline; its initial
-    weights drawn from `seed`, zoo.build_model)."""
+    weights drawn from `seed`, zoo.build_model, so the same command gives the same model)."""
     from edgejpq.train import load_float_checkpoint
     from edgejpq.zoo import build_model
 

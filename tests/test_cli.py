@@ -116,6 +116,15 @@ def test_unsupported_layer_names_it(tmp_path):
     assert not (tmp_path / "m.ejq").exists()
 
 
+def test_export_of_an_untrained_model_spec_is_the_same_model_every_run(tmp_path):
+    # its initial weights come from seed 0, not from torch's generator, which each process seeds at random
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+    hashes = [last_json(run("export", "--model", "zoo:cnn", "--plan", "uniform:8", "--data", "digits",
+                            "-o", str(tmp_path / str(i) / "m.ejq"), "--json"))["hash"] for i in range(2)]
+    assert hashes[0] == hashes[1]
+
+
 def test_unwritable_output_folder(pipeline):
     # /proc refuses new files even for root, so this holds on CI (root) and laptops alike
     proc = run("export", "--model", "zoo:cnn", "--plan", "uniform:8", "--data", "digits", "-o", "/proc/m.ejq")
