@@ -362,8 +362,10 @@ class SearchableGraph(nn.Module):
             return x
         return fake_quant_activation(x, self.act_lo[key], self.act_hi[key])
 
-    def mixed_weight(self, i: int, selection: torch.Tensor) -> torch.Tensor:
-        w = self.folded(i)[0]
+    def mixed_weight(self, i: int, selection: torch.Tensor, folded: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer i's weight fake-quantized at each channel's `selection` of bit-widths; `folded` is its
+        weight from `folded(i)` when the caller has it already."""
+        w = self.folded(i)[0] if folded is None else folded
         shape = (-1,) + (1,) * (w.dim() - 1)
         total = torch.zeros_like(w)
         steps = torch.exp(self.log_steps[i]) if len(self.log_steps) else None  # trained steps (fine-tuning)
@@ -385,7 +387,8 @@ class SearchableGraph(nn.Module):
                 i = self.index[layer.name]
                 group = self.groups.group_of(layer.name)
                 gate = keep[group.index]
-                weight, bias = self.mixed_weight(i, selections[i]), self.folded(i)[1]
+                weight, bias = self.folded(i)
+                weight = self.mixed_weight(i, selections[i], weight)
                 if self._recording is not None and layer.kind != "linear":  # _start_batch_norm's statistics
                     self._recording[layer.name] = _channel_statistics(self._product(i, values, self.weights[i]))
                 if self.training and _key(layer.name) in self.batch_norms:
