@@ -70,6 +70,8 @@ def main() -> None:
                         help="every method's distillation share of the task loss (search --distill)")
     parser.add_argument("--learn-steps", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tuning trains the weight steps (search --learn-steps), in every method")
+    parser.add_argument("--pin-input", action=argparse.BooleanOptionalAction, default=SearchConfig.pin_input,
+                        help="joint and two-stage keep the input layers at the widest bit-width (search --pin-input)")
     parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=SearchConfig.batch_norm,
                         help="fine-tuning puts a batch norm back after every convolution (search --batch-norm), in "
                              "every method")
@@ -130,7 +132,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
     uniform8_flash = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8)).flash_bytes
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("out", "combine", "methods", "budgets", "bits", "emulate", "trial_batches", *SPLIT)}
+                if k not in ("out", "combine", "methods", "budgets", "bits", "emulate", "trial_batches", "pin_input",
+                         *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
                "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
@@ -145,7 +148,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1), "variant_exchanges": result.variant_exchanges,
                  "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
-                 **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits, "trial_batches": config.trial_batches}
+                 **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits, "trial_batches": config.trial_batches,
+                                                            "pin_input": config.pin_input}
                     if method != "uniform" else {})}
         if args.emulate:
             from edgejpq.emulate.host import emulate_host
@@ -175,7 +179,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
                                     choices=choices, distill=args.distill, learn_steps=args.learn_steps,
-                                    batch_norm=args.batch_norm,
+                                    batch_norm=args.batch_norm, pin_input=args.pin_input,
                                     trial_batches=args.trial_batches, lr=args.lr))
     payload["complete"] = True
     return payload
@@ -194,6 +198,7 @@ def _combine(files: list[Path]) -> dict:
             if point["method"] != "uniform":
                 point.update({**split, **{k: point[k] for k in SPLIT if k in point}})
                 point.setdefault("trial_batches", 0)  # points from before the exchange's trials judged untrained
+                point.setdefault("pin_input", False)  # and before the input layers were pinned at the widest bits
                 if " " not in point["label"]:
                     point["label"] += f" {point['search_epochs']}+{point['finetune_epochs']}"
     first = parts[0]

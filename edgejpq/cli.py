@@ -781,6 +781,10 @@ def search(
         "Fine-tuning (and uniform QAT) puts a batch norm back after every convolution: trained on each batch's "
         "statistics, quantized folded with the running ones (Jacob et al., 2018), at about twice the time per "
         "epoch. Off by default: the folded convolutions train as they are."))] = False,
+    pin_input: Annotated[bool, typer.Option(help=(
+        "joint and two-stage keep the layers that read the model's input at the widest bit-width of --bits "
+        "(their channels' pruning still searched), as quantization practice keeps the first layer wide; "
+        "--no-pin-input searches their width like the rest."))] = True,
     trial_batches: Annotated[int, typer.Option(min=0, help=(
         "Weight-training steps each candidate plan of the kernel-variant exchange gets before it is judged, so "
         "pruned channels' neighbours can adapt (0: judge the searched weights as they are)."))] = 100,
@@ -818,8 +822,8 @@ def search(
                             choices=widths if method != "uniform" and widths else (2, 4, 8), search_epochs=epochs,
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
                             budgets=point.budgets, lr=lr, distill=distill, learn_steps=learn_steps,
-                            batch_norm=batch_norm, trial_batches=trial_batches, batch_size=batch_size, seed=seed,
-                            device=device)
+                            batch_norm=batch_norm, pin_input=pin_input, trial_batches=trial_batches,
+                            batch_size=batch_size, seed=seed, device=device)
                for point in points]
     if output.exists() and not output.is_dir():
         raise EdgejpqError(f"{output}: exists and is not a folder")
@@ -863,7 +867,8 @@ def search(
         header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
                   "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
                   "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "learn_steps": learn_steps,
-                  "batch_norm": batch_norm, "trial_batches": trial_batches, "device": device, "seed": seed}
+                  "batch_norm": batch_norm, "pin_input": pin_input, "trial_batches": trial_batches, "device": device,
+                  "seed": seed}
         summary = write_report(run_dir, result, spec, header)
         pareto.append(pareto_point(point, summary, method))
     if len(points) == 1:

@@ -95,6 +95,19 @@ class FloatGraph:
     def weighted(self) -> tuple[WeightedLayer, ...]:
         return tuple(layer for layer in self.layers if isinstance(layer, WeightedLayer))
 
+    @property
+    def input_layers(self) -> tuple[str, ...]:
+        """The weighted layers that read the model's input, directly or through layers without weights
+        (pooling, reshapes): no other weighted layer between."""
+        raw, out = {self.input}, []
+        for layer in self.layers:  # in execution order
+            if any(name in raw for name in layer_inputs(layer)):
+                if isinstance(layer, WeightedLayer):
+                    out.append(layer.name)
+                else:
+                    raw.add(layer.output)
+        return tuple(out)
+
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:

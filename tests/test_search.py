@@ -440,20 +440,23 @@ def test_cost_figures_equal_the_generated_c(tmp_path):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])  # each example trains nothing but is not free
 @given(seed=st.integers(0, 10_000), flash_frac=st.floats(0.0, 1.0), ram_frac=st.floats(0.0, 1.0),
-       lat_frac=st.floats(0.0, 1.0), which=st.sets(st.sampled_from(["flash", "ram", "latency"]), min_size=1))
+       lat_frac=st.floats(0.0, 1.0), which=st.sets(st.sampled_from(["flash", "ram", "latency"]), min_size=1),
+       pin=st.booleans())
 @example(seed=1150, flash_frac=0.4542861304445217, ram_frac=2.2250738585e-313, lat_frac=0.0,
-         which={"ram", "latency", "flash"})  # the gradient promised no saving while latency was still missed
-def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_frac, which):
+         which={"ram", "latency", "flash"}, pin=False)  # the gradient promised no saving while latency was still missed
+def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_frac, which, pin):
+    """...and a pinned layer (the input layer at 8 bits, as run_search pins it) keeps its width throughout."""
     target = load_target("cortex-m4")
     graph = _REPAIR["graph"]
     ev = _REPAIR["evaluator"]
-    space = SearchableGraph(graph, _REPAIR["groups"])
+    pinned = {name: 8 for name in graph.input_layers} if pin else {}
+    space = SearchableGraph(graph, _REPAIR["groups"], pinned=pinned)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for logits in [*space.keep_logits, *space.bit_logits]:
             logits.copy_(torch.randn(logits.shape, generator=g) * 2)
     start = space.discrete_plan()
-    low, high = ev.cost(minimal_plan(graph, space.groups, space.choices)), ev.cost(start)
+    low, high = ev.cost(minimal_plan(graph, space.groups, space.choices, pinned)), ev.cost(start)
     fracs = {"flash": flash_frac, "ram": ram_frac, "latency": lat_frac}
     values = {m: metric_value(low, m) + fracs[m] * (metric_value(high, m) - metric_value(low, m)) for m in which}
     budgets = Budgets(flash_bytes=int(values["flash"]) + 1 if "flash" in values else None,
@@ -470,6 +473,51 @@ def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_fr
         assert metric_value(final, metric) <= budget, metric
     assert kernel_names(ev.model(filled)) <= kernel_names(ev.model(plan))  # fill links no new kernel
     assert final.weight_bytes >= repaired.weight_bytes
+    for name, bits in pinned.items():
+        for p in (start, plan, filled):
+            assert set(p.layers[name].bits) <= {0, bits}, (name, p.layers[name])
+
+
+@pytest.mark.unit
+def test_input_layers_are_the_weighted_layers_reading_the_model_input():
+    resnet = build_float_graph(build_model("zoo:resnet8", (1, 8, 8), 10), (1, 8, 8))
+    assert resnet.input_layers == ("stem.0",)
+    two = build_float_graph(ConcatNet(), (1, 8, 8))  # two branches read the input
+    assert two.input_layers == ("a", "b")
+
+    class PoolFirst(nn.Module):  # a pool between the input and the first convolution
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool, self.conv, self.fc = nn.MaxPool2d(2), nn.Conv2d(1, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(self.pool(x))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+    assert build_float_graph(PoolFirst(), (1, 8, 8)).input_layers == ("conv",)
+
+
+@pytest.mark.unit
+def test_a_pinned_layer_takes_its_width_in_every_sample_and_plan():
+    """Its kept channels run, sample and discretize at the pinned width whatever its logits and its family's
+    gate say, and its pruning stays searched; a width outside the searched ones is refused."""
+    graph = _REPAIR["graph"]
+    space = SearchableGraph(graph, _REPAIR["groups"], pinned={"stem.0": 8})
+    i = space.index["stem.0"]
+    with torch.no_grad():
+        space.bit_logits[i].copy_(torch.tensor([5.0, 0.0, -5.0]))  # wants 2 bits
+        space.variant_logits.fill_(-3.0)  # every variant gate closed
+        space.keep_logits[space.groups.layer_group["stem.0"]][:3] = -4.0
+    space.train()
+    space.explore = True
+    assert torch.equal(space.bit_probabilities()[i], space._one_hot_bits(torch.full((16,), 8)))
+    assert bool((space._selections()[i].detach().argmax(dim=1) == 2).all())
+    plan = space.discrete_plan()
+    assert set(plan.layers["stem.0"].bits) == {0, 8} and plan.layers["stem.0"].bits[:3] == (0, 0, 0)
+    assert space.open_variants()[space.layer_family[i], 2]
+    with pytest.raises(EdgejpqError, match=r"layer stem.0: pinned at 8 bits, which are not among the bit-widths "
+                                           r"searched \(2,4\)"):
+        SearchableGraph(graph, _REPAIR["groups"], choices=(2, 4), pinned={"stem.0": 8})
 
 
 @pytest.mark.unit
@@ -664,10 +712,12 @@ def digits_search(digits_float):
 
 @pytest.mark.slow
 def test_short_search_meets_budget_and_keeps_accuracy(digits_search):
-    ds, _, _, budget, result = digits_search
+    """...with the input layer pinned at 8 bits (SearchConfig.pin_input)."""
+    ds, graph, _, budget, result = digits_search
     assert result.cost.flash_bytes <= budget.flash_bytes
     assert result.accuracy_integer >= result.accuracy_float - 0.08
     assert abs(result.accuracy_integer - result.accuracy_fake_quant) <= 0.02
+    assert graph.input_layers and all(set(result.plan.layers[name].bits) <= {0, 8} for name in graph.input_layers)
     stages = [r.stage for r in result.history]
     assert stages == ["search"] * 3 + ["finetune"]
 
@@ -681,6 +731,7 @@ def test_search_keeps_to_the_allowed_bit_widths(digits_float):
     used = {bits for lp in result.plan.layers.values() for bits in lp.bits}
     assert used <= {0, 4, 8} and 4 in used, used
     assert result.cost.flash_bytes <= budget.flash_bytes
+    assert graph.input_layers and all(set(result.plan.layers[name].bits) <= {0, 8} for name in graph.input_layers)
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
         "accuracy_fake_quant": result.accuracy_fake_quant, "accuracy_integer": result.accuracy_integer,
         "seconds": round(result.seconds, 1), "repair_steps": result.repair_steps,
         "fill_steps": result.fill_steps, "variant_exchanges": result.variant_exchanges, "hash": content_hash,
+        "pinned": dict(result.pinned),
         "plan": result.plan.summary(),
     }
     atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
@@ -36,6 +37,9 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
         f"# edgejpq search: {header.get('model')} on {header.get('data')} for {target.name}", "",
         f"Method **{header.get('method')}**, budgets {header.get('budgets') or 'none'}, strength "
         f"{header.get('strength')}, {len(result.history)} epochs, {result.seconds:.0f} s.", "",
+        *([f"Pinned (the layers reading the input; `--no-pin-input` searches their width): "
+           + ", ".join(f"{name} at {bits} bits" for name, bits in result.pinned.items()) + ".", ""]
+          if result.pinned else []),
         "## Totals against the target", "",
         "| figure | value | target budget |", "|---|---|---|",
         f"| flash (weights + constants + code) | {cost.flash_bytes} B ({_kib(cost.flash_bytes)}) | "

@@ -99,6 +99,13 @@ class SearchConfig:
     # steps of weight training every candidate plan of the variant exchange gets before it is judged
     # (0: the searched weights as they are)
     trial_batches: int = 100
+    # joint and two-stage keep the layers that read the model's input (graph.input_layers) at the widest
+    # bit-width they may use, their pruning still searched; else those layers are searched like the rest.
+    # The search cannot see what that layer's width is worth: narrowing it saves a few dozen weight bytes
+    # and, when no other layer of its kernel family is that wide, a kernel's code. ResNet-8 on
+    # Fashion-MNIST, 2 + 6 epochs, seed 0: the searched plan with its stem at 8 instead of 4 bits,
+    # 22,312 B of weights (64 more) at 91.39% against 90.86%
+    pin_input: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("joint", "uniform", "two-stage"):
@@ -141,6 +148,7 @@ class SearchResult:
     repair_steps: int
     fill_steps: int = 0
     variant_exchanges: int = 0
+    pinned: Mapping[str, int] = field(default_factory=dict)  # layer -> the bit-width it was pinned at
 
 
 def metric_value(report: CostReport, metric: Metric) -> float:
@@ -177,12 +185,13 @@ class Evaluator:
         return model_cost(self.model(plan), self.target)
 
 
-def minimal_plan(graph: FloatGraph, groups: ChannelGroups, choices: tuple[int, ...]) -> PrecisionPlan:
-    """The cheapest plan reachable: lowest bits, one channel per prunable group."""
-    low = min(choices)
+def minimal_plan(graph: FloatGraph, groups: ChannelGroups, choices: tuple[int, ...],
+                 pinned: Mapping[str, int] | None = None) -> PrecisionPlan:
+    """The cheapest plan reachable: lowest bits (a pinned layer's own), one channel per prunable group."""
     layers = {}
     for layer in graph.weighted:
         g = groups.group_of(layer.name)
+        low = (pinned or {}).get(layer.name, min(choices))
         bits = [low] * layer.out_channels if g.fixed else [low] + [0] * (layer.out_channels - 1)
         layers[layer.name] = LayerPlan(tuple(bits))
     return PrecisionPlan(layers)
@@ -441,6 +450,8 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         fallback: list[tuple[float, str, int, int]] = []
         with torch.no_grad():
             for i, layer in enumerate(space.layers):
+                if i in space.pinned:
+                    continue
                 probs = torch.softmax(space.bit_logits[i].detach().cpu(), dim=1)
                 for o, bits in enumerate(plan.layers[layer.name].bits):
                     if not bits or bits == choices[0]:
@@ -473,7 +484,8 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         candidates = candidates or fallback
         if not candidates:
             metric, budget = violated[0]
-            floor = metric_value(evaluator.cost(minimal_plan(space.graph, space.groups, choices)), metric)
+            pinned = {space.layers[i].name: bits for i, bits in space.pinned.items()}
+            floor = metric_value(evaluator.cost(minimal_plan(space.graph, space.groups, choices, pinned)), metric)
             raise EdgejpqError(f"the {metric} budget of {_unit(metric, budget)} cannot be met: the smallest plan "
                                f"reachable needs {_unit(metric, floor)}")
         candidates.sort()
@@ -519,6 +531,8 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
         linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers) for b in layers[layer.name] if b}
 
         def likeliest(i: int, o: int) -> int:  # a re-kept channel's bits: its likeliest linked variant
+            if i in space.pinned:
+                return space.pinned[i]
             options = [j for j, c in enumerate(choices) if (space.layer_family[i], c) in linked]
             return choices[max(options, key=lambda j: float(probs[i][o, j]))]
 
@@ -527,7 +541,7 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
             grad = sel[i].grad
             for o, bits in enumerate(layers[layer.name]):
                 higher = [c for c in choices if c > bits and (space.layer_family[i], c) in linked]
-                if bits and higher and ("bits", i, o) not in rejected:
+                if bits and higher and i not in space.pinned and ("bits", i, o) not in rejected:
                     j, k = choices.index(bits), choices.index(higher[0])
                     cost = max(float(grad[o, k] - grad[o, j]), 1e-9)
                     candidates.append((cost / (float(probs[i][o, k]) + 1e-3), "bits", i, o))
@@ -586,14 +600,15 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     choices = space.choices
     score, exchanges = judge(plan), 0
     for _ in range(max_rounds):
-        linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers)
-                  for b in plan.layers[layer.name].bits if b}
+        linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers) if i not in space.pinned
+                  for b in plan.layers[layer.name].bits if b}  # what moving channels can change
         best: tuple[float, PrecisionPlan] | None = None
         for family, bits in sorted(linked):
             wider, narrower = [c for c in choices if c > bits][:1], [c for c in choices if c < bits][-1:]
             for new in (*wider, *narrower):
                 moved = PrecisionPlan({name: LayerPlan(tuple(new if b == bits and space.layer_family[space.index[name]]
-                                                             == family else b for b in lp.bits))
+                                                             == family and space.index[name] not in space.pinned
+                                                             else b for b in lp.bits))
                                        for name, lp in plan.layers.items()})
                 try:
                     candidate, _ = repair(space, moved, budgets, evaluator, cost_model,
@@ -620,7 +635,7 @@ def _variant_move(space: SearchableGraph, plan: PrecisionPlan, report: CostRepor
     for i, layer in enumerate(space.layers):
         for o, bits in enumerate(plan.layers[layer.name].bits):
             family = space.layer_family[i]
-            if bits and bits != choices[0] and (family, bits) not in pinned and \
+            if bits and bits != choices[0] and i not in space.pinned and (family, bits) not in pinned and \
                     (family, choices[choices.index(bits) - 1]) not in closed:
                 used.setdefault((family, bits), []).append((i, o))
     probs = [torch.softmax(logits.detach().cpu(), dim=1) for logits in space.bit_logits]
@@ -697,10 +712,11 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full_cost = evaluator.cost(full)
     trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
+    pinned = {name: choices[-1] for name in graph.input_layers} if config.pin_input and config.method != "uniform" else {}
     repair_steps = fill_steps = exchanges = 0
 
     if resume and checkpoint is not None and checkpoint.exists() and config.method != "uniform":
-        space = SearchableGraph(graph, groups, choices=choices)
+        space = SearchableGraph(graph, groups, choices=choices, pinned=pinned)
         plan, trainer.history, repair_steps, fill_steps, exchanges = _load_checkpoint(checkpoint, config, space)
         finetune_epochs = config.finetune_epochs
     elif config.method == "uniform":
@@ -709,10 +725,11 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         space = SearchableGraph(graph, groups, choices=choices)
         finetune_epochs = config.search_epochs + config.finetune_epochs
     else:
-        check_reachable(evaluator, minimal_plan(graph, groups, choices), config.budgets,
-                        f"the smallest plan reachable ({choices[0]} bits, one channel per group)")
+        check_reachable(evaluator, minimal_plan(graph, groups, choices, pinned), config.budgets,
+                        f"the smallest plan reachable ({choices[0]} bits, one channel per group"
+                        + "".join(f", {name} at {bits}" for name, bits in pinned.items()) + ")")
         if config.method == "joint":
-            space = SearchableGraph(graph, groups, choices=choices)
+            space = SearchableGraph(graph, groups, choices=choices, pinned=pinned)
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "search", config.search_epochs, search=True, cost_model=cost_model)
         else:  # two-stage
@@ -721,7 +738,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
             pruned = magnitude_pruned_plan(pruning, config.budgets, evaluator)
             pruning.freeze(pruned)
             trainer.run(pruning, "prune", first, search=False, cost_model=None)
-            space = SearchableGraph(pruning.trained_graph(), groups, choices=choices)
+            space = SearchableGraph(pruning.trained_graph(), groups, choices=choices, pinned=pinned)
             space.freeze_keep_only(pruned)
             cost_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)
             trainer.run(space, "precision", config.search_epochs - first, search=True, cost_model=cost_model)
@@ -753,7 +770,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     return SearchResult(plan=plan, model=model, cost=model_cost(model, target), history=tuple(trainer.history),
                         accuracy_float=acc_float, accuracy_fake_quant=acc_fake, accuracy_integer=acc_int,
                         seconds=time.perf_counter() - start, repair_steps=repair_steps, fill_steps=fill_steps,
-                        variant_exchanges=exchanges)
+                        variant_exchanges=exchanges, pinned=pinned)
 
 
 def _jsonable(value: Any) -> Any:

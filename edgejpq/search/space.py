@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from edgejpq.cost.model import kernel_family
+from edgejpq.errors import EdgejpqError
 from edgejpq.graph import AddLayer, ConcatLayer, FloatGraph, PoolLayer, WeightedLayer
 from edgejpq.plan import LayerPlan, PrecisionPlan
 from edgejpq.quant.integerize import (activate, calibrate, round_weights, run_layer, weight_limits, weight_scales,
@@ -114,7 +115,7 @@ class SearchableGraph(nn.Module):
     """A FloatGraph with trainable weights, channel gates and per-channel precision choices."""
 
     def __init__(self, graph: FloatGraph, groups: ChannelGroups, *, choices: tuple[int, ...] = (2, 4, 8),
-                 prune: bool = True) -> None:
+                 prune: bool = True, pinned: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.graph = graph
         self.groups = groups
@@ -122,6 +123,12 @@ class SearchableGraph(nn.Module):
         self.prune = prune
         self.layers = graph.weighted
         self.index = {layer.name: i for i, layer in enumerate(self.layers)}
+        # layer index -> the one bit-width its kept channels take (its channels' pruning is still searched)
+        self.pinned = {self.index[name]: int(bits) for name, bits in (pinned or {}).items()}
+        for i, bits in self.pinned.items():
+            if bits not in self.choices:
+                raise EdgejpqError(f"layer {self.layers[i].name}: pinned at {bits} bits, which are not among the "
+                                   f"bit-widths searched ({','.join(map(str, self.choices))})")
         self.weights = nn.ParameterList([nn.Parameter(l.weight.detach().clone()) for l in self.layers])
         self.biases = nn.ParameterList([nn.Parameter(l.bias.detach().clone()) for l in self.layers])
         self.keep_logits = nn.ParameterList([nn.Parameter(torch.full((g.channels,), KEEP_INIT))
@@ -185,6 +192,8 @@ class SearchableGraph(nn.Module):
         if not self.gates_variants:
             return torch.ones_like(logits, dtype=torch.bool)
         opened = logits > 0
+        for i, bits in self.pinned.items():  # a pinned layer's variant is linked whatever the gate says
+            opened[self.layer_family[i], self.choices.index(bits)] = True
         for f in range(len(self.families)):
             if not bool(opened[f].any()):
                 opened[f, int(logits[f].argmax())] = True
@@ -206,9 +215,13 @@ class SearchableGraph(nn.Module):
         return logits + nn.functional.logsigmoid(self.variant_logits[self.layer_family[i]])
 
     def _closed(self) -> list[torch.Tensor]:
-        """Per layer, the (choices,) bool mask of its family's closed variants."""
+        """Per layer, the (choices,) bool mask of its family's closed variants, and for a pinned layer of
+        every width but its own."""
         closed = ~self.open_variants()
-        return [closed[f].to(logits.device) for f, logits in zip(self.layer_family, self.bit_logits)]
+        out = [closed[f].to(logits.device) for f, logits in zip(self.layer_family, self.bit_logits)]
+        for i, bits in self.pinned.items():
+            out[i] = torch.tensor([c != bits for c in self.choices], device=out[i].device)
+        return out
 
     def bit_probabilities(self) -> list[torch.Tensor]:
         """Per layer, (channels × choices) probabilities of each bit-width (0 for a closed variant)."""
