@@ -484,8 +484,8 @@ def repair(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evalua
         candidates = candidates or fallback
         if not candidates:
             metric, budget = violated[0]
-            pinned = {space.layers[i].name: bits for i, bits in space.pinned.items()}
-            floor = metric_value(evaluator.cost(minimal_plan(space.graph, space.groups, choices, pinned)), metric)
+            widths = {space.layers[i].name: bits for i, bits in space.pinned.items()}  # the pinned layers'
+            floor = metric_value(evaluator.cost(minimal_plan(space.graph, space.groups, choices, widths)), metric)
             raise EdgejpqError(f"the {metric} budget of {_unit(metric, budget)} cannot be met: the smallest plan "
                                f"reachable needs {_unit(metric, floor)}")
         candidates.sort()
