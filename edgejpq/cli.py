@@ -783,8 +783,9 @@ def search(
         "epoch. Off by default: the folded convolutions train as they are."))] = False,
     pin_input: Annotated[bool, typer.Option(help=(
         "joint and two-stage keep the layers that read the model's input at the widest bit-width of --bits "
-        "(their channels' pruning still searched), as quantization practice keeps the first layer wide; "
-        "--no-pin-input searches their width like the rest."))] = True,
+        "(their channels' pruning still searched), as quantization practice keeps the first layer wide. It buys "
+        "accuracy per weight byte, but when no other layer uses that width its kernel's code comes out of the "
+        "flash budget. Off by default: the search decides their width like the rest."))] = False,
     trial_batches: Annotated[int, typer.Option(min=0, help=(
         "Weight-training steps each candidate plan of the kernel-variant exchange gets before it is judged, so "
         "pruned channels' neighbours can adapt (0: judge the searched weights as they are)."))] = 100,

@@ -706,13 +706,13 @@ def digits_search(digits_float):
     ds, graph, target, full = digits_float
     budget = Budgets(flash_bytes=int(0.6 * full.flash_bytes))
     result = run_search(graph, ds, target, SearchConfig(search_epochs=3, finetune_epochs=1, batch_size=32,
-                                                        budgets=budget))
+                                                        budgets=budget, pin_input=True))
     return ds, graph, target, budget, result
 
 
 @pytest.mark.slow
 def test_short_search_meets_budget_and_keeps_accuracy(digits_search):
-    """...with the input layer pinned at 8 bits (SearchConfig.pin_input)."""
+    """...with the input layer pinned at 8 bits (SearchConfig(pin_input=True))."""
     ds, graph, _, budget, result = digits_search
     assert result.cost.flash_bytes <= budget.flash_bytes
     assert result.accuracy_integer >= result.accuracy_float - 0.08
@@ -727,7 +727,7 @@ def test_search_keeps_to_the_allowed_bit_widths(digits_float):
     ds, graph, target, full = digits_float
     budget = Budgets(flash_bytes=int(0.8 * full.flash_bytes))
     result = run_search(graph, ds, target, SearchConfig(search_epochs=1, finetune_epochs=0, batch_size=32,
-                                                        budgets=budget, choices=(4, 8)))
+                                                        budgets=budget, choices=(4, 8), pin_input=True))
     used = {bits for lp in result.plan.layers.values() for bits in lp.bits}
     assert used <= {0, 4, 8} and 4 in used, used
     assert result.cost.flash_bytes <= budget.flash_bytes

@@ -37,7 +37,7 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
         f"# edgejpq search: {header.get('model')} on {header.get('data')} for {target.name}", "",
         f"Method **{header.get('method')}**, budgets {header.get('budgets') or 'none'}, strength "
         f"{header.get('strength')}, {len(result.history)} epochs, {result.seconds:.0f} s.", "",
-        *([f"Pinned (the layers reading the input; `--no-pin-input` searches their width): "
+        *([f"Pinned (`--pin-input`: the layers reading the input): "
            + ", ".join(f"{name} at {bits} bits" for name, bits in result.pinned.items()) + ".", ""]
           if result.pinned else []),
         "## Totals against the target", "",
