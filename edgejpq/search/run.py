@@ -186,6 +186,13 @@ class Evaluator:
         return model_cost(self.model(plan), self.target)
 
 
+def pinned_layers(graph: FloatGraph, config: SearchConfig) -> dict[str, int]:
+    """The layers `config.pin_input` keeps at the widest bit-width joint and two-stage may use (none for uniform)."""
+    if not config.pin_input or config.method == "uniform":
+        return {}
+    return {name: config.choices[-1] for name in graph.input_layers}
+
+
 def minimal_plan(graph: FloatGraph, groups: ChannelGroups, choices: tuple[int, ...],
                  pinned: Mapping[str, int] | None = None) -> PrecisionPlan:
     """The cheapest plan reachable: lowest bits (a pinned layer's own), one channel per prunable group."""
@@ -713,7 +720,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full_cost = evaluator.cost(full)
     trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
-    pinned = {name: choices[-1] for name in graph.input_layers} if config.pin_input and config.method != "uniform" else {}
+    pinned = pinned_layers(graph, config)
     repair_steps = fill_steps = exchanges = 0
 
     if resume and checkpoint is not None and checkpoint.exists() and config.method != "uniform":
