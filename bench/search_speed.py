@@ -122,11 +122,13 @@ def main() -> None:
                   f"(target <= 1.5)")
     payload = {"benchmark": "search_speed", "model": args.model, "data": args.data, "target": target.name,
                "batches": args.batches, "rounds": args.rounds, "search_epochs": args.search_epochs,
-               "finetune_epochs": args.finetune_epochs, "pinned": pinned, "per_batch_seconds": per_batch, "rounds_seconds": seconds,
+               "finetune_epochs": args.finetune_epochs, "pinned": pinned, "per_batch_seconds": per_batch,
+               "rounds_seconds": seconds,
                "finetune_plan": None if finetune_plan is None else finetune_plan.summary(),
                "joint_over_uniform8": round(ratio, 3), "torch_threads": torch.get_num_threads()}
     OUT.mkdir(exist_ok=True)
-    atomic_write_bytes(OUT / f"search_speed_{args.model}{'_pinned' if pinned else ''}.json", json.dumps(payload, indent=1).encode())
+    name = f"search_speed_{args.model}{'_pinned' if pinned else ''}.json"
+    atomic_write_bytes(OUT / name, json.dumps(payload, indent=1).encode())
     print(json.dumps(payload))
 
 
