@@ -139,6 +139,11 @@ class SearchableGraph(nn.Module):
         self.families = tuple(sorted({layer_family(layer) for layer in self.layers}))
         self.layer_family = [self.families.index(layer_family(layer)) for layer in self.layers]
         self.variant_logits = nn.Parameter(torch.full((len(self.families), len(self.choices)), VARIANT_INIT))
+        # per layer, its family's row of the variants, and the widths a pinned layer may not take
+        self.register_buffer("family_rows", torch.tensor(self.layer_family, dtype=torch.long), persistent=False)
+        self.register_buffer("pin_closed", torch.tensor([[i in self.pinned and c != self.pinned[i] for c in self.choices]
+                                                         for i in range(len(self.layers))], dtype=torch.bool),
+                             persistent=False)
         self.act_lo = nn.ParameterDict()
         self.act_hi = nn.ParameterDict()
         # per layer, the log of each channel's weight step at its plan's bit-width (fine-tuning only)
@@ -217,11 +222,7 @@ class SearchableGraph(nn.Module):
     def _closed(self) -> list[torch.Tensor]:
         """Per layer, the (choices,) bool mask of its family's closed variants, and for a pinned layer of
         every width but its own."""
-        closed = ~self.open_variants()
-        out = [closed[f].to(logits.device) for f, logits in zip(self.layer_family, self.bit_logits)]
-        for i, bits in self.pinned.items():
-            out[i] = torch.tensor([c != bits for c in self.choices], device=out[i].device)
-        return out
+        return list((~self.open_variants())[self.family_rows] | self.pin_closed)
 
     def bit_probabilities(self) -> list[torch.Tensor]:
         """Per layer, (channels × choices) probabilities of each bit-width (0 for a closed variant)."""
