@@ -15,7 +15,8 @@ on `--eval-samples` test images and exact cost included). The ratio is that of t
 (search_epochs x search + finetune_epochs x finetune) / ((search_epochs + finetune_epochs) x uniform-8),
 from the median seconds per batch. Prints a table and, last, one JSON line.
 
-    python bench/search_speed.py [--model resnet8] [--float-checkpoint F.pt] [--budget 0.47] [--rounds 3] [--pin-input]
+    python bench/search_speed.py [--model resnet8] [--float-checkpoint F.pt] [--budget 0.47] [--rounds 3]
+                                 [--pin-input] [--bits 2,8]
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--pin-input", action="store_true",
-                        help="search with the layers that read the input pinned at 8 bits (search --pin-input)")
+                        help="search with the layers that read the input pinned at the widest of --bits "
+                             "(search --pin-input)")
+    parser.add_argument("--bits", default="2,4,8", help="the bit-widths the search may use (search --bits)")
     parser.add_argument("--eval-samples", type=int, default=170,
                         help="test images checked after each measured epoch (a full Fashion-MNIST epoch of 469 "
                              "batches checks 2,000: 170 keeps that share at 40 batches)")
@@ -77,7 +80,8 @@ def main() -> None:
     evaluator = Evaluator(graph, calibrate(graph, calib), target)
     full = uniform_plan(graph, 8)
     budget = Budgets(flash_bytes=int(args.budget * evaluator.cost(full).flash_bytes))
-    config = SearchConfig(budgets=budget, eval_samples=args.eval_samples, pin_input=args.pin_input)
+    choices = tuple(sorted(int(b) for b in args.bits.split(",")))
+    config = SearchConfig(budgets=budget, eval_samples=args.eval_samples, pin_input=args.pin_input, choices=choices)
     pinned = pinned_layers(graph, config)
     n = args.batches * config.batch_size
     sliced = replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
@@ -86,7 +90,7 @@ def main() -> None:
 
     uniform = SearchableGraph(graph, groups)
     uniform.prepare_finetune(full, calib, batch_norm=config.batch_norm)
-    joint = SearchableGraph(graph, groups, pinned=pinned)
+    joint = SearchableGraph(graph, groups, choices=choices, pinned=pinned)
     cost_model = CostModel(joint, target, evaluator.model(full), evaluator.ranges)
     finetune: SearchableGraph | None = None
     finetune_plan = None
@@ -101,7 +105,7 @@ def main() -> None:
             else:
                 if finetune is None:
                     finetune_plan = joint.discrete_plan()
-                    finetune = SearchableGraph(joint.trained_graph(), groups, pinned=pinned)
+                    finetune = SearchableGraph(joint.trained_graph(), groups, choices=choices, pinned=pinned)
                     finetune.prepare_finetune(finetune_plan, calib, batch_norm=config.batch_norm)
                 trainer.run(finetune, "finetune", 1, search=False, cost_model=None)
             seconds[kind].append((time.perf_counter() - start) / args.batches)
@@ -118,16 +122,17 @@ def main() -> None:
         table.add_row(kind, f"{1000 * per_batch[kind]:.0f}", " ".join(f"{1000 * v:.0f}" for v in values))
     console.print(table)
     console.print(f"joint ({args.search_epochs} search + {args.finetune_epochs} fine-tune) over uniform-8 QAT "
-                  f"({epochs} epochs){' with ' + ', '.join(pinned) + ' pinned' if pinned else ''}: {ratio:.2f} "
-                  f"(target <= 1.5)")
+                  f"({epochs} epochs), bits {args.bits}{' with ' + ', '.join(pinned) + ' pinned' if pinned else ''}: "
+                  f"{ratio:.2f} (target <= 1.5)")
     payload = {"benchmark": "search_speed", "model": args.model, "data": args.data, "target": target.name,
                "batches": args.batches, "rounds": args.rounds, "search_epochs": args.search_epochs,
-               "finetune_epochs": args.finetune_epochs, "pinned": pinned, "per_batch_seconds": per_batch,
-               "rounds_seconds": seconds,
+               "finetune_epochs": args.finetune_epochs, "bits": list(choices), "pinned": pinned,
+               "per_batch_seconds": per_batch, "rounds_seconds": seconds,
                "finetune_plan": None if finetune_plan is None else finetune_plan.summary(),
                "joint_over_uniform8": round(ratio, 3), "torch_threads": torch.get_num_threads()}
     OUT.mkdir(exist_ok=True)
-    name = f"search_speed_{args.model}{'_pinned' if pinned else ''}.json"
+    widths = "" if choices == (2, 4, 8) else "_bits" + "".join(map(str, choices))
+    name = f"search_speed_{args.model}{widths}{'_pinned' if pinned else ''}.json"
     atomic_write_bytes(OUT / name, json.dumps(payload, indent=1).encode())
     print(json.dumps(payload))
 
