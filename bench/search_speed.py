@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgejpq.artifact import atomic_write_bytes
+from edgejpq.cli import bit_widths
 from edgejpq.cost.target import load_target
 from edgejpq.data import calibration_subset, load_dataset
 from edgejpq.graph import build_float_graph
@@ -80,7 +81,7 @@ def main() -> None:
     evaluator = Evaluator(graph, calibrate(graph, calib), target)
     full = uniform_plan(graph, 8)
     budget = Budgets(flash_bytes=int(args.budget * evaluator.cost(full).flash_bytes))
-    choices = tuple(sorted(int(b) for b in args.bits.split(",")))
+    choices = bit_widths(args.bits)
     config = SearchConfig(budgets=budget, eval_samples=args.eval_samples, pin_input=args.pin_input, choices=choices)
     pinned = pinned_layers(graph, config)
     n = args.batches * config.batch_size
@@ -131,7 +132,7 @@ def main() -> None:
                "finetune_plan": None if finetune_plan is None else finetune_plan.summary(),
                "joint_over_uniform8": round(ratio, 3), "torch_threads": torch.get_num_threads()}
     OUT.mkdir(exist_ok=True)
-    widths = "" if choices == (2, 4, 8) else "_bits" + "".join(map(str, choices))
+    widths = "" if choices == SearchConfig.choices else "_bits" + "".join(map(str, choices))
     name = f"search_speed_{args.model}{widths}{'_pinned' if pinned else ''}.json"
     atomic_write_bytes(OUT / name, json.dumps(payload, indent=1).encode())
     print(json.dumps(payload))

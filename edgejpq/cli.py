@@ -734,7 +734,7 @@ def _code_rows(result: Any, config: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def _bit_widths(text: Optional[str]) -> tuple[int, ...]:
+def bit_widths(text: Optional[str]) -> tuple[int, ...]:
     """`--bits 8` or `--bits 2,4,8`: the bit-widths, increasing ("" or None: none given)."""
     if not text:
         return ()
@@ -816,7 +816,7 @@ def search(
     spec = load_target(target)
     points = sweep_points(flash, ram, latency_ms, strength, parse_size)
     # a bad method, bit-width or missing budget is refused here, before any data is loaded or trained
-    widths = _bit_widths(bits)
+    widths = bit_widths(bits)
     if method == "uniform" and len(widths) > 1:
         raise EdgejpqError(f"--bits {bits}: --method uniform takes one bit-width")
     configs = [SearchConfig(method=method, bits=widths[0] if method == "uniform" and widths else 8,  # type: ignore[arg-type]
