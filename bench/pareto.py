@@ -32,8 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 from edgejpq.artifact import atomic_write_bytes
+from edgejpq.cli import bit_widths
 from edgejpq.cost.target import load_target
 from edgejpq.data import calibration_subset, load_dataset
+from edgejpq.errors import EdgejpqError
 from edgejpq.graph import build_float_graph
 from edgejpq.plan import uniform_plan
 from edgejpq.quant.integerize import calibrate
@@ -90,6 +92,10 @@ def main() -> None:
                         help="comma-separated JSONs of earlier runs of one protocol: merge their points, "
                              "print the table and verdict, write the JSON and plot")
     args = parser.parse_args()
+    try:
+        args.bits = bit_widths(args.bits)  # the CLI's parser: refused here, before any training
+    except EdgejpqError as error:
+        parser.error(str(error))
     OUT.mkdir(exist_ok=True)
     console = Console(width=200)
     out = args.out or OUT / f"pareto_{args.model}.json"
@@ -138,6 +144,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
                "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
 
+    bits = ",".join(map(str, args.bits))
+
     def record(method: str, label: str, config: SearchConfig) -> None:
         result = run_search(graph, ds, target, config, on_epoch=lambda r: console.print(
             f"  {label} {r.stage} {r.epoch}: acc {100 * r.test_accuracy:.2f}% flash {r.flash_bytes} B "
@@ -148,7 +156,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1), "variant_exchanges": result.variant_exchanges,
                  "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
-                 **({k: getattr(args, k) for k in SPLIT} | {"bits": args.bits, "trial_batches": config.trial_batches,
+                 **({k: getattr(args, k) for k in SPLIT} | {"bits": bits, "trial_batches": config.trial_batches,
                                                             "pin_input": config.pin_input}
                     if method != "uniform" else {})}
         if args.emulate:
@@ -162,15 +170,14 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
         payload["points"].append(point)
         atomic_write_bytes(out, json.dumps(payload, indent=1).encode())  # a cut-short run keeps what it measured
 
-    for bits in (8, 4, 2):
-        if "uniform" in methods or f"uniform-{bits}" in methods:
-            record("uniform", f"uniform-{bits}", SearchConfig(method="uniform", bits=bits, search_epochs=0,
-                                                            finetune_epochs=args.uniform_epochs, seed=args.seed,
-                                                            distill=args.distill, learn_steps=args.learn_steps,
-                                                            batch_norm=args.batch_norm,
-                                                            lr=args.lr))
-    choices = tuple(sorted(int(b) for b in args.bits.split(",")))
-    widths = ("" if choices == (2, 4, 8) else f" bits {args.bits}") + (" pinned" if args.pin_input else "")
+    for width in (8, 4, 2):
+        if "uniform" in methods or f"uniform-{width}" in methods:
+            record("uniform", f"uniform-{width}", SearchConfig(method="uniform", bits=width, search_epochs=0,
+                                                             finetune_epochs=args.uniform_epochs, seed=args.seed,
+                                                             distill=args.distill, learn_steps=args.learn_steps,
+                                                             batch_norm=args.batch_norm,
+                                                             lr=args.lr))
+    widths = ("" if args.bits == SearchConfig.choices else f" bits {bits}") + (" pinned" if args.pin_input else "")
     for fraction in (float(f) for f in args.budgets.split(",")):
         budget = Budgets(flash_bytes=int(fraction * uniform8_flash))
         for method in ("joint", "two-stage"):
@@ -178,7 +185,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                 record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}{widths}",
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
-                                    choices=choices, distill=args.distill, learn_steps=args.learn_steps,
+                                    choices=args.bits, distill=args.distill, learn_steps=args.learn_steps,
                                     batch_norm=args.batch_norm, pin_input=args.pin_input,
                                     trial_batches=args.trial_batches, lr=args.lr))
     payload["complete"] = True
