@@ -588,6 +588,28 @@ def test_exchange_links_the_kernel_variant_the_judge_prefers_within_the_budget()
     assert ev.cost(merged).flash_bytes <= budget.flash_bytes
 
 
+@pytest.mark.unit
+def test_exchange_moves_every_family_at_a_width_together():
+    """A uniform 2-bit plan whose judge gains only when no layer is left at 2 bits: moving the conv family
+    alone or the classifier's alone leaves 2-bit channels and scores as the plan does, so only the move of
+    every family at 2 bits at once, repaired to the budget, is an exchange."""
+    target = load_target("cortex-m4")
+    graph, space, ev, cost_model = _cnn_space(target)
+    start = uniform_plan(graph, 2)
+    budget = Budgets(flash_bytes=ev.cost(uniform_plan(graph, 4)).flash_bytes)
+    judged: list[PrecisionPlan] = []
+
+    def no_two_bits(plan: PrecisionPlan) -> float:
+        judged.append(plan)
+        return float(any(b == 2 for lp in plan.layers.values() for b in lp.bits))
+
+    exchanged, count = exchange_variants(space, start, budget, ev, cost_model, no_two_bits)
+    assert count == 1 and no_two_bits(exchanged) == 0.0
+    assert len({space.layer_family[space.index[name]] for name in start.layers}) > 1  # more than one family moved
+    assert ev.cost(exchanged).flash_bytes <= budget.flash_bytes
+    assert any(set(lp.bits) - {0, 2} == set() for lp in judged[1].layers.values())  # a single family's move first
+
+
 def _digits_space():
     """Digits, an untrained CNN's search space with its noise on (as mid-search), target and evaluator."""
     ds = load_dataset("digits")

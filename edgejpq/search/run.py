@@ -597,10 +597,11 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     or mixing two widths in a family whose second kernel costs more flash than its channels gain.
     Here every channel of a family at a linked bit-width b moves to the nearest wider and, separately,
     the nearest narrower bit-width: one the family does not link (linking it instead of b) or one it
-    does (unlinking b); each such candidate is repaired to the budgets (the width moved to pinned, so
-    repair pays for it with other moves, and b closed to the family, so repair cannot move channels
-    back to it: a wider width is paid for by pruning or by other families, not by relinking b) and
-    filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of the searched weights
+    does (unlinking b); so, as one candidate, do the channels at b of every family linking b (a plan
+    at 2 bits everywhere may gain from 4 bits everywhere, paid for by pruning, where no single
+    family's move to 4 bits does). Each candidate is repaired to the budgets (the width moved to pinned, so repair pays for
+    it with other moves, and b closed to the families moved, so repair cannot move channels back to
+    it: a wider width is paid for by pruning or by other families, not by relinking b) and filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of the searched weights
     run as the plan after a few steps of training them so) replaces the plan when it scores lower
     than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
@@ -608,19 +609,25 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     choices = space.choices
     score, exchanges = judge(plan), 0
     for _ in range(max_rounds):
-        linked = {(space.layer_family[i], b) for i, layer in enumerate(space.layers) if i not in space.pinned
-                  for b in plan.layers[layer.name].bits if b}  # what moving channels can change
+        linked = sorted({(space.layer_family[i], b) for i, layer in enumerate(space.layers) if i not in space.pinned
+                         for b in plan.layers[layer.name].bits if b})  # what moving channels can change
+        sharing: dict[int, list[int]] = {}  # bit-width -> the families linking it
+        for family, bits in linked:
+            sharing.setdefault(bits, []).append(family)
+        moves = [((family,), bits) for family, bits in linked] + \
+            [(tuple(families), bits) for bits, families in sorted(sharing.items()) if len(families) > 1]
         best: tuple[float, PrecisionPlan] | None = None
-        for family, bits in sorted(linked):
+        for families, bits in moves:
             wider, narrower = [c for c in choices if c > bits][:1], [c for c in choices if c < bits][-1:]
             for new in (*wider, *narrower):
                 moved = PrecisionPlan({name: LayerPlan(tuple(new if b == bits and space.layer_family[space.index[name]]
-                                                             == family and space.index[name] not in space.pinned
+                                                             in families and space.index[name] not in space.pinned
                                                              else b for b in lp.bits))
                                        for name, lp in plan.layers.items()})
                 try:
                     candidate, _ = repair(space, moved, budgets, evaluator, cost_model,
-                                          pinned=frozenset({(family, new)}), closed=frozenset({(family, bits)}))
+                                          pinned=frozenset((family, new) for family in families),
+                                          closed=frozenset((family, bits) for family in families))
                 except EdgejpqError:  # no room for this variant
                     continue
                 candidate, _ = fill(space, candidate, budgets, evaluator, cost_model)
