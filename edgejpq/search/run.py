@@ -599,11 +599,12 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     the nearest narrower bit-width: one the family does not link (linking it instead of b) or one it
     does (unlinking b); so, as one candidate, do the channels at b of every family linking b (a plan
     at 2 bits everywhere may gain from 4 bits everywhere, paid for by pruning, where no single
-    family's move to 4 bits does). Each candidate is repaired to the budgets (the width moved to pinned, so repair pays for
-    it with other moves, and b closed to the families moved, so repair cannot move channels back to
-    it: a wider width is paid for by pruning or by other families, not by relinking b) and filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of the searched weights
-    run as the plan after a few steps of training them so) replaces the plan when it scores lower
-    than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    family's move to 4 bits does). Each candidate is repaired to the budgets (the width moved to
+    pinned, so repair pays for it with other moves, and b closed to the families moved, so repair
+    cannot move channels back to it: a wider width is paid for by pruning or by other families, not
+    by relinking b) and filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of
+    the searched weights run as the plan after a few steps of training them so) replaces the plan
+    when it scores lower than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
