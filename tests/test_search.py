@@ -605,9 +605,10 @@ def test_exchange_moves_every_family_at_a_width_together():
 
     exchanged, count = exchange_variants(space, start, budget, ev, cost_model, no_two_bits)
     assert count == 1 and no_two_bits(exchanged) == 0.0
-    assert len({space.layer_family[space.index[name]] for name in start.layers}) > 1  # more than one family moved
+    # several families, each at 2 bits: no single family's move clears every 2-bit channel
+    assert len({space.layer_family[space.index[name]] for name in start.layers}) > 1
     assert ev.cost(exchanged).flash_bytes <= budget.flash_bytes
-    assert any(set(lp.bits) - {0, 2} == set() for lp in judged[1].layers.values())  # a single family's move first
+    assert any(set(lp.bits) <= {0, 2} for lp in judged[1].layers.values())  # a single family's move first
 
 
 def _digits_space():
