@@ -4,8 +4,8 @@ Protocol (issue "Joint channel pruning and channel-wise mixed-precision search")
   float pre-training  --pretrain-epochs (6), Adam 1e-3, cosine
   uniform 8/4/2       QAT for --uniform-epochs (4) from the float model
   joint, two-stage    --search-epochs + --finetune-epochs (at most 8 together) from the same
-                      float model, at flash budgets that are fractions of the uniform 8-bit
-                      model's flash (--budgets)
+                      float model, at budgets that are fractions of the uniform 8-bit
+                      model's flash (--budgets), or of its weight bytes (--budget-of weights)
 Every point is the exported integer model: weight bytes of the .ejq and accuracy of the
 integer reference over the whole test set (the host C is bit-exact with it; the tests prove
 that, and --emulate re-checks every point through the host C). Prints a table, writes
@@ -62,7 +62,10 @@ def main() -> None:
     # --search-epochs 1 --finetune-epochs 7 (the default stays 2 + 6, edgejpq search's)
     parser.add_argument("--search-epochs", type=int, default=SearchConfig.search_epochs)
     parser.add_argument("--finetune-epochs", type=int, default=SearchConfig.finetune_epochs)
-    parser.add_argument("--budgets", default="0.35,0.47", help="flash budgets as fractions of uniform 8-bit")
+    parser.add_argument("--budgets", default="0.35,0.47", help="budgets as fractions of uniform 8-bit's (--budget-of)")
+    parser.add_argument("--budget-of", choices=("flash", "weights"), default="flash",
+                        help="what --budgets are fractions of: uniform 8-bit's flash (search --flash) or its weight "
+                             "bytes alone (search --weights: kernel code does not count)")
     parser.add_argument("--bits", default="2,4,8", help="the bit-widths joint and two-stage may use (search --bits)")
     parser.add_argument("--methods", default="uniform,joint,two-stage",
                         help=f"comma-separated, from {', '.join(METHODS)} (uniform: all three widths)")
@@ -134,15 +137,15 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                   input_shape=ds.input_shape, num_classes=ds.num_classes, history=history)
     float_acc = evaluate(net, ds.x_test, ds.y_test)
     graph = build_float_graph(net, ds.input_shape)
-    # the budgets are fractions of the uniform 8-bit model's flash, which its plan alone fixes
+    # the budgets are fractions of the uniform 8-bit model's flash or weight bytes, which its plan alone fixes
     calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
-    uniform8_flash = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8)).flash_bytes
+    uniform8 = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8))
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("out", "combine", "methods", "budgets", "bits", "emulate", "trial_batches", "pin_input",
-                         *SPLIT)}
+                if k not in ("out", "combine", "methods", "budgets", "budget_of", "bits", "emulate", "trial_batches",
+                             "pin_input", *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
-               "uniform8_flash_bytes": uniform8_flash, "complete": False, "points": []}
+               "uniform8_flash_bytes": uniform8.flash_bytes, "complete": False, "points": []}
 
     bits = ",".join(map(str, args.bits))
 
@@ -155,7 +158,8 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "latency_ms": round(result.cost.latency_ms, 3), "accuracy": result.accuracy_integer,
                  "accuracy_fake_quant": result.accuracy_fake_quant, "epochs": len(result.history),
                  "seconds": round(result.seconds, 1), "variant_exchanges": result.variant_exchanges,
-                 "budget_flash_bytes": config.budgets.flash_bytes, "plan": result.plan.summary(),
+                 "budget_flash_bytes": config.budgets.flash_bytes, "budget_weight_bytes": config.budgets.weight_bytes,
+                 "plan": result.plan.summary(),
                  **({k: getattr(args, k) for k in SPLIT} | {"bits": bits, "trial_batches": config.trial_batches,
                                                             "pin_input": config.pin_input}
                     if method != "uniform" else {})}
@@ -179,10 +183,12 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                                              lr=args.lr))
     widths = ("" if args.bits == SearchConfig.choices else f" bits {bits}") + (" pinned" if args.pin_input else "")
     for fraction in (float(f) for f in args.budgets.split(",")):
-        budget = Budgets(flash_bytes=int(fraction * uniform8_flash))
+        budget = (Budgets(flash_bytes=int(fraction * uniform8.flash_bytes)) if args.budget_of == "flash"
+                  else Budgets(weight_bytes=int(fraction * uniform8.weight_bytes)))
+        of = "" if args.budget_of == "flash" else " of weights"
         for method in ("joint", "two-stage"):
             if method in methods:
-                record(method, f"{method}@{fraction:.2f} {args.search_epochs}+{args.finetune_epochs}{widths}",
+                record(method, f"{method}@{fraction:.2f}{of} {args.search_epochs}+{args.finetune_epochs}{widths}",
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
                                     choices=args.bits, distill=args.distill, learn_steps=args.learn_steps,
@@ -226,7 +232,8 @@ def _report(payload: dict, console: Console, out: Path) -> None:
     emulate = any("host_c_bit_exact" in p for p in points)
     table = Table(title=f"Pareto front: {payload['model']} on {payload['data']}, {payload['target']} (float "
                         f"{100 * payload['float_accuracy']:.2f}%, pre-training {payload['pretrain_seconds']:.0f} s)")
-    columns = ["label", "weight_bytes", "flash_bytes", "budget_flash_bytes", "accuracy", "arena_bytes",
+    columns = ["label", "weight_bytes", "flash_bytes", "budget_flash_bytes", "budget_weight_bytes", "accuracy",
+               "arena_bytes",
                "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if emulate else [])
     for column in columns:
         table.add_column(column)
@@ -252,17 +259,18 @@ def _seconds_per_epoch(point: dict) -> float:
 def _verdict(points: list[dict], uniform8: dict) -> dict:
     """The issue's three targets, measured on these points."""
     joint = [p for p in points if p["method"] == "joint"]
-    two_stage: dict[tuple, float] = {}  # the best two-stage accuracy per flash budget and pin setting
+    two_stage: dict[tuple, float] = {}  # the best two-stage accuracy per budget and pin setting
     for p in points:
         if p["method"] == "two-stage":
-            key = (p["budget_flash_bytes"], p.get("pin_input", False))
+            key = (p["budget_flash_bytes"], p.get("budget_weight_bytes"), p.get("pin_input", False))
             two_stage[key] = max(two_stage.get(key, 0.0), p["accuracy"])
     close = [p for p in joint if p["accuracy"] >= uniform8["accuracy"] - 0.005]
     best = min(close, key=lambda p: p["weight_bytes"], default=None)
-    # at the same flash budget (both fit it) and pin setting, the joint model is at least as accurate as any
+    # at the same budget (both fit it) and pin setting, the joint model is at least as accurate as any
     # two-stage one (points merged from several runs may hold several splits of the epochs)
     dominates = [p["accuracy"] >= two_stage[key] for p in joint
-                 if (key := (p["budget_flash_bytes"], p.get("pin_input", False))) in two_stage]
+                 if (key := (p["budget_flash_bytes"], p.get("budget_weight_bytes"), p.get("pin_input", False)))
+                 in two_stage]
     return {
         "weight_reduction_at_uniform8_accuracy": None if best is None else round(
             1 - best["weight_bytes"] / uniform8["weight_bytes"], 4),

@@ -757,11 +757,14 @@ def search(
     target: Annotated[str, typer.Option(help="Target name (see `edgejpq targets`) or a YAML path.")] = "cortex-m4",
     flash: Annotated[Optional[str], typer.Option(help="Flash budget for the model (weights + constants + code), e.g. "
                                                      "64KiB; a list such as 32KiB,48KiB,64KiB sweeps it.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help=(
+        "Budget for the packed weights alone, e.g. 6KiB (a list sweeps). Kernel code does not count against it: "
+        "give --flash too when the code must fit as well."))] = None,
     ram: Annotated[Optional[str], typer.Option(help="RAM budget for the activation arena, e.g. 32KiB (a list sweeps).")] = None,
     latency_ms: Annotated[Optional[str], typer.Option(help="Latency budget in ms at the target clock (a list sweeps).")] = None,
     strength: Annotated[str, typer.Option(help="Loss = task + strength × cost / cost of the 8-bit model (a list such "
                                                "as 0.5,1,2 sweeps).")] = "0",
-    objective: Annotated[str, typer.Option(help="The cost --strength scales: flash | ram | latency.")] = "flash",
+    objective: Annotated[str, typer.Option(help="The cost --strength scales: flash | weights | ram | latency.")] = "flash",
     method: Annotated[str, typer.Option(help="joint | uniform | two-stage")] = "joint",
     bits: Annotated[Optional[str], typer.Option(
         help="--method uniform: its bit-width (default 8). joint and two-stage: the bit-widths a channel may take "
@@ -807,14 +810,14 @@ def search(
     from edgejpq.search.sweep import pareto_point, sweep_points, write_sweep
     from edgejpq.train import save_float_checkpoint, train_float
 
-    if objective not in ("flash", "ram", "latency"):
-        raise EdgejpqError(f"--objective {objective!r}: use flash, ram or latency")
+    if objective not in ("flash", "weights", "ram", "latency"):
+        raise EdgejpqError(f"--objective {objective!r}: use flash, weights, ram or latency")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise EdgejpqError("--device cuda: no CUDA device is available here (use cpu or auto)")
     spec = load_target(target)
-    points = sweep_points(flash, ram, latency_ms, strength, parse_size)
+    points = sweep_points(flash, weights, ram, latency_ms, strength, parse_size)
     # a bad method, bit-width or missing budget is refused here, before any data is loaded or trained
     widths = bit_widths(bits)
     if method == "uniform" and len(widths) > 1:
@@ -877,7 +880,8 @@ def search(
         _summary(f"edgejpq search ({method}) → {output}", [
             ("target", f"{spec.name} ({spec.clock_hz / 1e6:.0f} MHz)"),
             ("flash", f"{cost.flash_bytes} B (weights {cost.weight_bytes}, constants {cost.constant_bytes}, "
-                      f"code {cost.code_bytes})" + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")),
+                      f"code {cost.code_bytes})" + (f" / budget {budgets.flash_bytes}" if budgets.flash_bytes else "")
+                      + (f" / weights budget {budgets.weight_bytes}" if budgets.weight_bytes else "")),
             ("RAM (arena)", f"{cost.arena_bytes} B" + (f" / budget {budgets.ram_bytes}" if budgets.ram_bytes else "")),
             ("latency", f"{cost.latency_ms:.3f} ms" + (f" / budget {budgets.latency_ms}" if budgets.latency_ms else "")),
             ("accuracy float / fake-quant / integer",

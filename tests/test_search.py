@@ -116,9 +116,12 @@ def test_expected_cost_equals_exact_cost_at_a_discrete_plan():
     expected = CostModel(space, target, ev.model(uniform_plan(graph, 8)))()
     assert float(expected.cycles) == pytest.approx(exact.cycles, rel=1e-6)
     assert float(expected.ram_bytes) == pytest.approx(exact.arena_bytes, abs=4)  # a chain: arena = lower bound
-    # the expected flash ignores per-row byte padding, which is below one byte per kept row
+    # the expected flash and weights ignore per-row byte padding, which is below one byte per kept row
     rows = sum(lp.kept for lp in plan.layers.values())
     assert exact.flash_bytes - rows <= float(expected.flash_bytes) <= exact.flash_bytes + 1e-3
+    assert exact.weight_bytes - rows <= float(expected.weight_bytes) <= exact.weight_bytes + 1e-3
+    assert float(expected.flash_bytes - expected.weight_bytes) == pytest.approx(
+        exact.flash_bytes - exact.weight_bytes, abs=1e-2)  # constants and code, which have no padding
 
 
 def _cnn_space(target):
@@ -439,12 +442,13 @@ def test_cost_figures_equal_the_generated_c(tmp_path):
 @pytest.mark.unit
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])  # each example trains nothing but is not free
-@given(seed=st.integers(0, 10_000), flash_frac=st.floats(0.0, 1.0), ram_frac=st.floats(0.0, 1.0),
-       lat_frac=st.floats(0.0, 1.0), which=st.sets(st.sampled_from(["flash", "ram", "latency"]), min_size=1),
-       pin=st.booleans())
-@example(seed=1150, flash_frac=0.4542861304445217, ram_frac=2.2250738585e-313, lat_frac=0.0,
+@given(seed=st.integers(0, 10_000), flash_frac=st.floats(0.0, 1.0), weights_frac=st.floats(0.0, 1.0),
+       ram_frac=st.floats(0.0, 1.0), lat_frac=st.floats(0.0, 1.0),
+       which=st.sets(st.sampled_from(["flash", "weights", "ram", "latency"]), min_size=1), pin=st.booleans())
+@example(seed=1150, flash_frac=0.4542861304445217, weights_frac=0.0, ram_frac=2.2250738585e-313, lat_frac=0.0,
          which={"ram", "latency", "flash"}, pin=False)  # the gradient promised no saving while latency was still missed
-def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_frac, which, pin):
+@example(seed=7, flash_frac=0.0, weights_frac=0.3, ram_frac=0.0, lat_frac=0.0, which={"weights"}, pin=True)
+def test_repaired_plan_satisfies_every_budget(seed, flash_frac, weights_frac, ram_frac, lat_frac, which, pin):
     """...and a pinned layer (the input layer at 8 bits, as run_search pins it) keeps its width throughout."""
     target = load_target("cortex-m4")
     graph = _REPAIR["graph"]
@@ -457,9 +461,10 @@ def test_repaired_plan_satisfies_every_budget(seed, flash_frac, ram_frac, lat_fr
             logits.copy_(torch.randn(logits.shape, generator=g) * 2)
     start = space.discrete_plan()
     low, high = ev.cost(minimal_plan(graph, space.groups, space.choices, pinned)), ev.cost(start)
-    fracs = {"flash": flash_frac, "ram": ram_frac, "latency": lat_frac}
+    fracs = {"flash": flash_frac, "weights": weights_frac, "ram": ram_frac, "latency": lat_frac}
     values = {m: metric_value(low, m) + fracs[m] * (metric_value(high, m) - metric_value(low, m)) for m in which}
     budgets = Budgets(flash_bytes=int(values["flash"]) + 1 if "flash" in values else None,
+                      weight_bytes=int(values["weights"]) + 1 if "weights" in values else None,
                       ram_bytes=int(values["ram"]) + 4 if "ram" in values else None,
                       latency_ms=values.get("latency", 0) * 1.0001 if "latency" in values else None)
     cost_model = CostModel(space, target, ev.model(uniform_plan(graph, 8)))
@@ -755,6 +760,20 @@ def test_search_keeps_to_the_allowed_bit_widths(digits_float):
     assert used <= {0, 4, 8} and 4 in used, used
     assert result.cost.flash_bytes <= budget.flash_bytes
     assert graph.input_layers and all(set(result.plan.layers[name].bits) <= {0, 8} for name in graph.input_layers)
+
+
+@pytest.mark.slow
+def test_search_to_a_weights_budget_leaves_the_code_out_of_it(digits_float):
+    """A budget on the packed weights alone: met by the exported model, with the kernels' code not counted (the
+    flash ends well above the weights budget), and recorded in the provenance."""
+    ds, graph, target, full = digits_float
+    budget = Budgets(weight_bytes=int(0.3 * full.weight_bytes))
+    result = run_search(graph, ds, target, SearchConfig(search_epochs=1, finetune_epochs=0, batch_size=32,
+                                                        budgets=budget))
+    assert result.model.weight_bytes == result.cost.weight_bytes <= budget.weight_bytes
+    assert result.cost.flash_bytes > budget.weight_bytes + result.cost.code_bytes // 2
+    assert result.model.provenance["config"]["budgets"] == {"flash_bytes": None, "weight_bytes": budget.weight_bytes,
+                                                            "ram_bytes": None, "latency_ms": None}
 
 
 @pytest.mark.slow

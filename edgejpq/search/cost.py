@@ -49,7 +49,8 @@ def slow_requantization_flags(graph: Any, ranges: Mapping[str, tuple[float, floa
 
 @dataclass(frozen=True)
 class ExpectedCost:
-    flash_bytes: torch.Tensor
+    flash_bytes: torch.Tensor  # weights + per-channel constants + code
+    weight_bytes: torch.Tensor
     ram_bytes: torch.Tensor
     cycles: torch.Tensor
 
@@ -125,6 +126,7 @@ class CostModel:
         keep = space.keep_probabilities() if keep is None else keep
         probs = space.bit_probabilities() if probs is None else probs
         flash = self._code_bytes(keep, probs)
+        weights = torch.zeros(())
         cycles = torch.zeros(())
         for layer in space.graph.layers:
             out = layer.output
@@ -152,8 +154,9 @@ class CostModel:
                 cycles = cycles + weighted_cycles(self.target, kind, self.pixels[out], k, by_bits, kept, runs,
                                                   self.pixels[layer.input], ungrouped, layer.kernel[0], in_channels,
                                                   counts)
-                flash = flash + sum(count * k * bits / 8.0 for bits, count in by_bits.items())
-                flash = flash + CONSTANT_BYTES_PER_CHANNEL * kept
+                layer_weights = sum(count * k * bits / 8.0 for bits, count in by_bits.items())
+                weights = weights + layer_weights
+                flash = flash + layer_weights + CONSTANT_BYTES_PER_CHANNEL * kept
             elif isinstance(layer, (PoolLayer, AddLayer, ConcatLayer)):
                 elements = self.pixels[out] * self.channels(out, keep)
                 if isinstance(layer, PoolLayer):
@@ -161,7 +164,7 @@ class CostModel:
                 else:
                     kind = "add" if isinstance(layer, AddLayer) else "concat"
                     cycles = cycles + elementwise_cycles(self.target, kind, elements)
-        return ExpectedCost(flash_bytes=flash, ram_bytes=self._arena(keep), cycles=cycles)
+        return ExpectedCost(flash_bytes=flash, weight_bytes=weights, ram_bytes=self._arena(keep), cycles=cycles)
 
     def _runs(self, layer: WeightedLayer, kept_out: torch.Tensor, probs: torch.Tensor) -> int:
         """Kernel calls of a layer as the exporter forms them (`_run_list`)."""

@@ -39,7 +39,7 @@ from edgejpq.search.groups import ChannelGroups, channel_groups
 from edgejpq.search.space import SearchableGraph
 
 Method = Literal["joint", "uniform", "two-stage"]
-Metric = Literal["flash", "ram", "latency"]
+Metric = Literal["flash", "weights", "ram", "latency"]
 BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
 BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
 JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans on
@@ -47,7 +47,8 @@ JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans
 
 @dataclass(frozen=True)
 class Budgets:
-    flash_bytes: int | None = None
+    flash_bytes: int | None = None  # weights + per-channel constants + code
+    weight_bytes: int | None = None  # the packed weights alone
     ram_bytes: int | None = None
     latency_ms: float | None = None
 
@@ -55,6 +56,8 @@ class Budgets:
         out: list[tuple[Metric, float]] = []
         if self.flash_bytes is not None:
             out.append(("flash", float(self.flash_bytes)))
+        if self.weight_bytes is not None:
+            out.append(("weights", float(self.weight_bytes)))
         if self.ram_bytes is not None:
             out.append(("ram", float(self.ram_bytes)))
         if self.latency_ms is not None:
@@ -121,7 +124,7 @@ class SearchConfig:
         if self.trial_batches < 0:
             raise EdgejpqError(f"trial batches {self.trial_batches}: give 0 or more")
         if self.method == "two-stage" and not self.budgets.items():
-            raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --ram or --latency-ms)")
+            raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --weights, --ram or --latency-ms)")
 
 
 @dataclass(frozen=True)
@@ -153,12 +156,15 @@ class SearchResult:
 
 
 def metric_value(report: CostReport, metric: Metric) -> float:
-    return {"flash": float(report.flash_bytes), "ram": float(report.ram_bytes), "latency": report.latency_ms}[metric]
+    return {"flash": float(report.flash_bytes), "weights": float(report.weight_bytes), "ram": float(report.ram_bytes),
+            "latency": report.latency_ms}[metric]
 
 
 def _expected(cost: ExpectedCost, metric: Metric, clock_hz: int) -> torch.Tensor:
     if metric == "flash":
         return cost.flash_bytes
+    if metric == "weights":
+        return cost.weight_bytes
     if metric == "ram":
         return cost.ram_bytes
     return cost.cycles * (1000.0 / clock_hz)
@@ -726,7 +732,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full = uniform_plan(graph, 8)
     trainer = Trainer(ds, target, config, evaluator, on_epoch)
     full_cost = evaluator.cost(full)
-    trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "ram", "latency")}  # type: ignore[misc]
+    trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "weights", "ram", "latency")}  # type: ignore[misc]
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
     pinned = pinned_layers(graph, config)
     repair_steps = fill_steps = exchanges = 0

@@ -1,6 +1,6 @@
 """Sweeps of `edgejpq search`: one run per value of one budget or of the strength, one Pareto plot.
 
-`--flash 32KiB,48KiB,64KiB` (or `--ram`, `--latency-ms`, `--strength` with several comma-separated
+`--flash 32KiB,48KiB,64KiB` (or `--weights`, `--ram`, `--latency-ms`, `--strength` with several comma-separated
 values; one swept option at a time) runs the search once per value, each into its own run folder
 `<output>/<option>-<value>/`, from the same float model, and writes `<output>/sweep.json` and
 `<output>/pareto.png` (weight bytes against the integer model's test accuracy).
@@ -47,10 +47,10 @@ def _float(option: str, text: str) -> float:
     return value
 
 
-def sweep_points(flash: str | None, ram: str | None, latency_ms: str | None, strength: str,
+def sweep_points(flash: str | None, weights: str | None, ram: str | None, latency_ms: str | None, strength: str,
                  parse_size: Callable[[str, str], int]) -> list[SweepPoint]:
     """The runs the options ask for: one, or one per value of the single option given as a list."""
-    lists = {"flash": _values("flash", flash), "ram": _values("ram", ram),
+    lists = {"flash": _values("flash", flash), "weights": _values("weights", weights), "ram": _values("ram", ram),
              "latency-ms": _values("latency-ms", latency_ms), "strength": _values("strength", strength)}
     swept = [name for name, values in lists.items() if len(values) > 1]
     if len(swept) > 1:
@@ -59,6 +59,7 @@ def sweep_points(flash: str | None, ram: str | None, latency_ms: str | None, str
     def point(values: dict[str, str], label: str) -> SweepPoint:
         return SweepPoint(label=label, budgets=Budgets(
             flash_bytes=parse_size(values["flash"], "--flash") if "flash" in values else None,
+            weight_bytes=parse_size(values["weights"], "--weights") if "weights" in values else None,
             ram_bytes=parse_size(values["ram"], "--ram") if "ram" in values else None,
             latency_ms=_float("latency-ms", values["latency-ms"]) if "latency-ms" in values else None),
             strength=_float("strength", values["strength"]))
