@@ -71,7 +71,7 @@ def write_report(run_dir: Path, result: SearchResult, target: Any, header: dict[
 
 
 def plot_history(history: Sequence[EpochRecord], path: Path, budgets: dict[str, float]) -> None:
-    """Accuracy and flash / latency of the discrete plan after every epoch, one PNG."""
+    """Accuracy, flash and weights, and latency of the discrete plan after every epoch, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,13 +81,16 @@ def plot_history(history: Sequence[EpochRecord], path: Path, budgets: dict[str, 
     epochs = [r.epoch for r in history]
     axes[0].plot(epochs, [100 * r.test_accuracy for r in history], marker="o")
     axes[0].set_title("test accuracy (hard model), %")
-    axes[1].plot(epochs, [r.flash_bytes / 1024 for r in history], marker="o", color="tab:orange")
-    axes[1].set_title("flash of the discrete plan, KiB")
+    axes[1].plot(epochs, [r.flash_bytes / 1024 for r in history], marker="o", color="tab:orange", label="flash")
+    axes[1].plot(epochs, [r.weight_bytes / 1024 for r in history], marker="s", color="tab:brown", label="weights")
+    axes[1].set_title("flash and weights of the discrete plan, KiB")
     axes[2].plot(epochs, [r.latency_ms for r in history], marker="o", color="tab:green")
     axes[2].set_title("latency estimate, ms")
     if budgets.get("flash_bytes"):
-        axes[1].axhline(budgets["flash_bytes"] / 1024, color="red", linestyle="--", label="budget")
-        axes[1].legend()
+        axes[1].axhline(budgets["flash_bytes"] / 1024, color="red", linestyle="--", label="flash budget")
+    if budgets.get("weight_bytes"):
+        axes[1].axhline(budgets["weight_bytes"] / 1024, color="darkred", linestyle=":", label="weights budget")
+    axes[1].legend()
     if budgets.get("latency_ms"):
         axes[2].axhline(budgets["latency_ms"], color="red", linestyle="--", label="budget")
         axes[2].legend()

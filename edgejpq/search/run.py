@@ -137,6 +137,7 @@ class EpochRecord:
     ram_bytes: int
     latency_ms: float
     seconds: float
+    weight_bytes: int = 0  # 0 in checkpoints written before it was recorded
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,8 @@ class Trainer:
             accuracy = _accuracy(space, self.x_test, self.y_test)
             report = self.evaluator.cost(space.discrete_plan())
             record = EpochRecord(stage, len(self.history) + 1, total / seen, accuracy, report.flash_bytes,
-                                 report.ram_bytes, report.latency_ms, time.perf_counter() - start)
+                                 report.ram_bytes, report.latency_ms, time.perf_counter() - start,
+                                 report.weight_bytes)
             self.history.append(record)
             if self.on_epoch:
                 self.on_epoch(record)
