@@ -96,7 +96,8 @@ def main() -> None:
                              "print the table and verdict, write the JSON and plot")
     args = parser.parse_args()
     try:
-        args.bits = bit_widths(args.bits)  # the CLI's parser: refused here, before any training
+        args.bits = bit_widths(args.bits)  # the CLI's parser and SearchConfig's check: refused before any training
+        SearchConfig(choices=args.bits)
     except EdgejpqError as error:
         parser.error(str(error))
     OUT.mkdir(exist_ok=True)

@@ -36,6 +36,7 @@ from edgejpq.artifact import atomic_write_bytes
 from edgejpq.cli import bit_widths
 from edgejpq.cost.target import load_target
 from edgejpq.data import calibration_subset, load_dataset
+from edgejpq.errors import EdgejpqError
 from edgejpq.graph import build_float_graph
 from edgejpq.plan import uniform_plan
 from edgejpq.quant.integerize import calibrate
@@ -69,6 +70,11 @@ def main() -> None:
                         help="test images checked after each measured epoch (a full Fashion-MNIST epoch of 469 "
                              "batches checks 2,000: 170 keeps that share at 40 batches)")
     args = parser.parse_args()
+    try:
+        choices = bit_widths(args.bits)  # the CLI's parser and SearchConfig's check: refused before any work
+        SearchConfig(choices=choices)
+    except EdgejpqError as error:
+        parser.error(str(error))
     console = Console(width=160)
     ds = load_dataset(args.data)
     if args.float_checkpoint is not None:
@@ -81,7 +87,6 @@ def main() -> None:
     evaluator = Evaluator(graph, calibrate(graph, calib), target)
     full = uniform_plan(graph, 8)
     budget = Budgets(flash_bytes=int(args.budget * evaluator.cost(full).flash_bytes))
-    choices = bit_widths(args.bits)
     config = SearchConfig(budgets=budget, eval_samples=args.eval_samples, pin_input=args.pin_input, choices=choices)
     pinned = pinned_layers(graph, config)
     n = args.batches * config.batch_size
