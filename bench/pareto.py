@@ -4,8 +4,10 @@ Protocol (issue "Joint channel pruning and channel-wise mixed-precision search")
   float pre-training  --pretrain-epochs (6), Adam 1e-3, cosine
   uniform 8/4/2       QAT for --uniform-epochs (4) from the float model
   joint, two-stage    --search-epochs + --finetune-epochs (at most 8 together) from the same
-                      float model, at budgets that are fractions of the uniform 8-bit
-                      model's flash (--budgets), or of its weight bytes (--budget-of weights)
+                      float model, at flash budgets that are fractions of the uniform 8-bit
+                      model's flash (--budgets; none: no flash budget), and optionally a
+                      budget on the weight bytes alone, a fraction of its weight bytes
+                      (--weight-budget)
 Every point is the exported integer model: weight bytes of the .ejq and accuracy of the
 integer reference over the whole test set (the host C is bit-exact with it; the tests prove
 that, and --emulate re-checks every point through the host C). Prints a table, writes
@@ -62,10 +64,12 @@ def main() -> None:
     # --search-epochs 1 --finetune-epochs 7 (the default stays 2 + 6, edgejpq search's)
     parser.add_argument("--search-epochs", type=int, default=SearchConfig.search_epochs)
     parser.add_argument("--finetune-epochs", type=int, default=SearchConfig.finetune_epochs)
-    parser.add_argument("--budgets", default="0.35,0.47", help="budgets as fractions of uniform 8-bit's (--budget-of)")
-    parser.add_argument("--budget-of", choices=("flash", "weights"), default="flash",
-                        help="what --budgets are fractions of: uniform 8-bit's flash (search --flash) or its weight "
-                             "bytes alone (search --weights: kernel code does not count)")
+    parser.add_argument("--budgets", default="0.35,0.47",
+                        help="flash budgets as fractions of uniform 8-bit's flash (search --flash), one point each; "
+                             "none: no flash budget (then give --weight-budget)")
+    parser.add_argument("--weight-budget", type=float, default=None,
+                        help="a budget on the packed weights alone on every point, as a fraction of uniform 8-bit's "
+                             "weight bytes (search --weights: kernel code does not count against it)")
     parser.add_argument("--bits", default="2,4,8", help="the bit-widths joint and two-stage may use (search --bits)")
     parser.add_argument("--methods", default="uniform,joint,two-stage",
                         help=f"comma-separated, from {', '.join(METHODS)} (uniform: all three widths)")
@@ -100,6 +104,13 @@ def main() -> None:
         SearchConfig(choices=args.bits)
     except EdgejpqError as error:
         parser.error(str(error))
+    try:
+        args.budgets = [None] if args.budgets == "none" else [float(f) for f in args.budgets.split(",")]
+    except ValueError:
+        parser.error(f"--budgets {args.budgets!r}: expected fractions such as 0.35,0.47, or none")
+    if args.budgets == [None] and args.weight_budget is None and not args.combine and {"joint", "two-stage"} & set(
+            args.methods.split(",")):
+        parser.error("--budgets none: give --weight-budget, or the search has no budget")
     OUT.mkdir(exist_ok=True)
     console = Console(width=200)
     out = args.out or OUT / f"pareto_{args.model}.json"
@@ -142,7 +153,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     calib = calibrate(graph, calibration_subset(ds, 1000, seed=args.seed))
     uniform8 = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8))
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("out", "combine", "methods", "budgets", "budget_of", "bits", "emulate", "trial_batches",
+                if k not in ("out", "combine", "methods", "budgets", "weight_budget", "bits", "emulate", "trial_batches",
                              "pin_input", *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
@@ -183,13 +194,15 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                                              batch_norm=args.batch_norm,
                                                              lr=args.lr))
     widths = ("" if args.bits == SearchConfig.choices else f" bits {bits}") + (" pinned" if args.pin_input else "")
-    for fraction in (float(f) for f in args.budgets.split(",")):
-        budget = (Budgets(flash_bytes=int(fraction * uniform8.flash_bytes)) if args.budget_of == "flash"
-                  else Budgets(weight_bytes=int(fraction * uniform8.weight_bytes)))
-        of = "" if args.budget_of == "flash" else " of weights"
+    weights = None if args.weight_budget is None else int(args.weight_budget * uniform8.weight_bytes)
+    for fraction in args.budgets:
+        budget = Budgets(flash_bytes=None if fraction is None else int(fraction * uniform8.flash_bytes),
+                         weight_bytes=weights)
+        at = ("" if fraction is None else f"@{fraction:.2f}") + (
+            "" if weights is None else f" weights {args.weight_budget:.2f}")
         for method in ("joint", "two-stage"):
             if method in methods:
-                record(method, f"{method}@{fraction:.2f}{of} {args.search_epochs}+{args.finetune_epochs}{widths}",
+                record(method, f"{method}{at} {args.search_epochs}+{args.finetune_epochs}{widths}",
                        SearchConfig(method=method, search_epochs=args.search_epochs,
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
                                     choices=args.bits, distill=args.distill, learn_steps=args.learn_steps,

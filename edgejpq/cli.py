@@ -728,9 +728,11 @@ def _code_rows(result: Any, config: Any) -> list[tuple[str, str]]:
     rows = [("kernel variants", linked)]
     cost = result.cost
     if config.method != "uniform" and len(config.choices) > 1 and 2 * cost.code_bytes > cost.flash_bytes:
+        fit = ("the search and the exchange after it keep the variants that fit" if config.budgets.flash_bytes
+               else "without --flash no budget counts that code")
         rows.append(("note", f"code is {100 * cost.code_bytes / cost.flash_bytes:.0f}% of the flash: every bit-width "
-                             f"a kernel family uses links its kernel (the target file's code_size); the search and "
-                             f"the exchange after it keep the variants that fit, and --bits 4 allows one width only"))
+                             f"a kernel family uses links its kernel (the target file's code_size); {fit}, and "
+                             f"--bits 4 allows one width only"))
     return rows
 
 
