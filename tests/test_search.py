@@ -352,13 +352,17 @@ def test_search_summary_names_the_kernel_variants_the_plan_links():
     layers["classifier"] = LayerPlan((2,) * len(layers["classifier"].bits))
     model = ev.model(PrecisionPlan(layers))
     result = SimpleNamespace(model=model, cost=model_cost(model, target), variant_exchanges=0)
-    rows = dict(_code_rows(result, SimpleNamespace(method="joint", choices=(2, 4, 8))))
+    flash = SearchConfig(budgets=Budgets(flash_bytes=result.cost.flash_bytes))
+    rows = dict(_code_rows(result, flash))
     assert rows["kernel variants"] == "conv2d 4,8-bit; fully_connected 2-bit"
     exchanged = SimpleNamespace(model=model, cost=result.cost, variant_exchanges=1)
-    assert dict(_code_rows(exchanged, SimpleNamespace(method="joint", choices=(2, 4, 8))))["kernel variants"] == (
+    assert dict(_code_rows(exchanged, flash))["kernel variants"] == (
         "conv2d 4,8-bit; fully_connected 2-bit (1 exchange after the search)")
-    assert ("note" in rows) == (2 * result.cost.code_bytes > result.cost.flash_bytes)
-    assert "note" not in dict(_code_rows(result, SimpleNamespace(method="joint", choices=(4,))))
+    assert 2 * result.cost.code_bytes > result.cost.flash_bytes  # so the note is due
+    assert "keep the variants that fit" in rows["note"]
+    weights = SearchConfig(budgets=Budgets(weight_bytes=result.cost.weight_bytes))
+    assert "without --flash no budget counts that code" in dict(_code_rows(result, weights))["note"]
+    assert "note" not in dict(_code_rows(result, SearchConfig(choices=(4,))))
 
 
 @pytest.mark.unit
