@@ -488,6 +488,19 @@ def test_repaired_plan_satisfies_every_budget(seed, flash_frac, weights_frac, ra
 
 
 @pytest.mark.unit
+def test_sweep_points_take_a_weights_budget_beside_the_others():
+    from edgejpq.cli import parse_size
+    from edgejpq.search.sweep import sweep_points
+
+    points = sweep_points("40KiB", "4KiB,6KiB", None, None, "0", parse_size)
+    assert [p.label for p in points] == ["weights-4KiB", "weights-6KiB"]
+    assert [p.budgets for p in points] == [Budgets(flash_bytes=40 * 1024, weight_bytes=w * 1024) for w in (4, 6)]
+    assert points[0].budgets.items() == [("flash", 40 * 1024.0), ("weights", 4 * 1024.0)]
+    with pytest.raises(EdgejpqError, match="sweep one option at a time: --flash and --weights"):
+        sweep_points("40KiB,48KiB", "4KiB,6KiB", None, None, "0", parse_size)
+
+
+@pytest.mark.unit
 def test_input_layers_are_the_weighted_layers_reading_the_model_input():
     resnet = build_float_graph(build_model("zoo:resnet8", (1, 8, 8), 10), (1, 8, 8))
     assert resnet.input_layers == ("stem.0",)
