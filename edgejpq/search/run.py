@@ -124,7 +124,8 @@ class SearchConfig:
         if self.trial_batches < 0:
             raise EdgejpqError(f"trial batches {self.trial_batches}: give 0 or more")
         if self.method == "two-stage" and not self.budgets.items():
-            raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --weights, --ram or --latency-ms)")
+            raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --weights, --ram or "
+                               "--latency-ms)")
 
 
 @dataclass(frozen=True)
@@ -737,7 +738,8 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full = uniform_plan(graph, 8)
     trainer = Trainer(ds, target, config, evaluator, on_epoch)
     full_cost = evaluator.cost(full)
-    trainer.reference = {m: metric_value(full_cost, m) for m in ("flash", "weights", "ram", "latency")}  # type: ignore[misc]
+    trainer.reference = {m: metric_value(full_cost, m)  # type: ignore[misc]
+                         for m in ("flash", "weights", "ram", "latency")}
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
     pinned = pinned_layers(graph, config)
     repair_steps = fill_steps = exchanges = 0
