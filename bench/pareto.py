@@ -247,8 +247,7 @@ def _report(payload: dict, console: Console, out: Path) -> None:
     table = Table(title=f"Pareto front: {payload['model']} on {payload['data']}, {payload['target']} (float "
                         f"{100 * payload['float_accuracy']:.2f}%, pre-training {payload['pretrain_seconds']:.0f} s)")
     columns = ["label", "weight_bytes", "flash_bytes", "budget_flash_bytes", "budget_weight_bytes", "accuracy",
-               "arena_bytes",
-               "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if emulate else [])
+               "arena_bytes", "latency_ms", "epochs", "seconds"] + (["host_c_bit_exact"] if emulate else [])
     for column in columns:
         table.add_column(column)
     table.add_column("channels at 0/2/4/8 bits")
