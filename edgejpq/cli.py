@@ -808,12 +808,12 @@ def search(
     from edgejpq.data import load_dataset
     from edgejpq.graph import build_float_graph
     from edgejpq.search.report import write_report
-    from edgejpq.search.run import SearchConfig, run_search
+    from edgejpq.search.run import METRICS, SearchConfig, run_search
     from edgejpq.search.sweep import pareto_point, sweep_points, write_sweep
     from edgejpq.train import save_float_checkpoint, train_float
 
-    if objective not in ("flash", "weights", "ram", "latency"):
-        raise EdgejpqError(f"--objective {objective!r}: use flash, weights, ram or latency")
+    if objective not in METRICS:
+        raise EdgejpqError(f"--objective {objective!r}: use {', '.join(METRICS[:-1])} or {METRICS[-1]}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():

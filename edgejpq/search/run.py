@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping, get_args
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from edgejpq.search.space import SearchableGraph
 
 Method = Literal["joint", "uniform", "two-stage"]
 Metric = Literal["flash", "weights", "ram", "latency"]
+METRICS: tuple[Metric, ...] = get_args(Metric)  # what budgets, --objective and metric_value name
 BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
 BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
 JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans on
@@ -738,8 +739,7 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
     full = uniform_plan(graph, 8)
     trainer = Trainer(ds, target, config, evaluator, on_epoch)
     full_cost = evaluator.cost(full)
-    trainer.reference = {m: metric_value(full_cost, m)  # type: ignore[misc]
-                         for m in ("flash", "weights", "ram", "latency")}
+    trainer.reference = {m: metric_value(full_cost, m) for m in METRICS}
     choices = (2, 4, 8) if config.method == "uniform" else config.choices
     pinned = pinned_layers(graph, config)
     repair_steps = fill_steps = exchanges = 0
