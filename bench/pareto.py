@@ -228,6 +228,8 @@ def _combine(files: list[Path]) -> dict:
         part["protocol"].setdefault("batch_norm", False)  # and before --batch-norm fine-tuned the folded graph
         part["protocol"].setdefault("lr", 1e-3)  # and before --lr trained at 1e-3
         for point in part["points"]:
+            point.setdefault("seed", part["protocol"]["seed"])  # points record their seed since 2026-11-28
+            # (a merged file's protocol lists its seeds; its points have theirs)
             if point["method"] != "uniform":
                 point.update({**split, **{k: point[k] for k in SPLIT if k in point}})
                 point.setdefault("trial_batches", 0)  # points from before the exchange's trials judged untrained
@@ -236,9 +238,6 @@ def _combine(files: list[Path]) -> dict:
                     point["label"] += f" {point['search_epochs']}+{point['finetune_epochs']}"
                 if point["pin_input"] and not point["label"].endswith(" pinned"):  # labelled so since 2026-11-28
                     point["label"] += " pinned"
-        for point in part["points"]:
-            point.setdefault("seed", part["protocol"]["seed"])  # points record their seed since 2026-11-28
-            # (a merged file's protocol lists its seeds; its points have theirs)
     first = parts[0]
     for f, part in zip(files, parts):
         for key in ("model", "data", "target", "protocol", "uniform8_flash_bytes"):
@@ -274,18 +273,18 @@ def _report(payload: dict, console: Console, out: Path) -> None:
     console.print(table)
     by_seed: dict[int, list[dict]] = {}
     for p in points:
-        by_seed.setdefault(p.get("seed", payload["protocol"]["seed"]), []).append(p)
+        by_seed.setdefault(p["seed"], []).append(p)  # _measure and _combine give every point its seed
     if len(by_seed) == 1:
         payload["verdict"], shown = _verdict(points), points
         for key, value in (payload["verdict"] or {"verdict": "needs the uniform-8 point"}).items():
             console.print(f"{key}: {value}")
     else:
         shown = _mean_over_seeds(by_seed)
-        rows = {f"seed {seed}": _verdict(seed_points) for seed, seed_points in sorted(by_seed.items())}
-        payload["verdict"] = {"per_seed": {name.split()[1]: v for name, v in rows.items()},
-                              "mean_of_seeds": _verdict(shown),
-                              "target_met_on_every_seed": all(v is not None and v[MET] for v in rows.values())}
-        rows["mean of seeds"] = payload["verdict"]["mean_of_seeds"]
+        per_seed = {str(seed): _verdict(seed_points) for seed, seed_points in sorted(by_seed.items())}
+        payload["verdict"] = {"per_seed": per_seed, "mean_of_seeds": _verdict(shown),
+                              "target_met_on_every_seed": all(v is not None and v[MET] for v in per_seed.values())}
+        rows = {**{f"seed {seed}": v for seed, v in per_seed.items()},
+                "mean of seeds": payload["verdict"]["mean_of_seeds"]}
         summary = Table(title="verdict per seed and on the mean of the seeds")
         keys = next((list(v) for v in rows.values() if v is not None), [])
         for column in ("", *keys):
