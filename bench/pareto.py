@@ -95,7 +95,7 @@ def main() -> None:
                              "every method")
     parser.add_argument("--trial-batches", type=int, default=SearchConfig.trial_batches,
                         help="joint and two-stage: weight-training steps each candidate of the variant exchange "
-                             "gets before it is judged (search --trial-batches)")
+                             "gets before it is judged, its finalists three times as many (search --trial-batches)")
     parser.add_argument("--lr", type=float, default=SearchConfig.lr,
                         help="every method's Adam learning rate of the weights after pre-training (search --lr)")
     parser.add_argument("--seed", type=int, default=0)

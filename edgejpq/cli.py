@@ -796,7 +796,8 @@ def search(
         "flash budget. Off by default: the search decides their width like the rest."))] = False,
     trial_batches: Annotated[int, typer.Option(min=0, help=(
         "Weight-training steps each candidate plan of the kernel-variant exchange gets before it is judged, so "
-        "pruned channels' neighbours can adapt (0: judge the searched weights as they are)."))] = 100,
+        "pruned channels' neighbours can adapt; a round's two best candidates and the plan are then judged again "
+        "after three times as many, and that decides (0: judge the searched weights as they are, once)."))] = 100,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "auto",
     seed: int = 0,
@@ -877,8 +878,7 @@ def search(
                   "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
                   "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "learn_steps": learn_steps,
                   "batch_norm": batch_norm, "pin_input": pin_input, "trial_batches": trial_batches, "ema": ema,
-                  "device": device,
-                  "seed": seed}
+                  "device": device, "seed": seed}
         summary = write_report(run_dir, result, spec, header)
         pareto.append(pareto_point(point, summary, method))
     if len(points) == 1:

@@ -44,6 +44,11 @@ METRICS: tuple[Metric, ...] = get_args(Metric)  # what budgets, --objective and 
 BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
 BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
 JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans on
+# the exchange's finalists (its two best candidates of a round and the plan) are judged again after this many
+# times the trial's steps: on DS-CNN (seed 0, 7e-3) two candidates 0.0004 apart after 100 steps were 0.10
+# apart after 300, the other way round (docs/search-results.md)
+FINAL_TRIAL_FACTOR = 3
+FINALISTS = 2
 
 
 @dataclass(frozen=True)
@@ -356,17 +361,18 @@ class Trainer:
                 total += float(F.cross_entropy(space(self.x[index]), self.y[index], reduction="sum"))
         return total / len(self.judge_index)
 
-    def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan) -> float:
-        """plan_loss after `config.trial_batches` steps (at most one pass over the training set) of
-        training `space`'s weights as `plan`, Adam at the weights' learning rate, the same batches for
-        every plan: a pruned channel's neighbours get to adapt before the plan is judged. `space`'s
-        weights and choices are left as they were."""
+    def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan, batches: int | None = None) -> float:
+        """plan_loss after `batches` (default `config.trial_batches`) steps, at most one pass over the
+        training set, of training `space`'s weights as `plan`, Adam at the weights' learning rate, the same
+        batches for every plan: a pruned channel's neighbours get to adapt before the plan is judged.
+        `space`'s weights and choices are left as they were."""
+        steps = self.config.trial_batches if batches is None else batches
         saved = [p.detach().clone() for p in space.weight_parameters()]
         order = _batches(len(self.x), self.config.batch_size, torch.Generator().manual_seed(self.config.seed + 1))
         try:
             with _run_as(space, plan, training=True):
                 optimizer = torch.optim.Adam(space.weight_parameters(), lr=self.config.lr)
-                for index in order[: self.config.trial_batches]:
+                for index in order[:steps]:
                     loss = self.task_loss(space(self.x[index]), index)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -620,6 +626,7 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
 
 def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
                       cost_model: CostModel, judge: Callable[[PrecisionPlan], float],
+                      final_judge: Callable[[PrecisionPlan], float] | None = None,
                       max_rounds: int = 3) -> tuple[PrecisionPlan, int]:
     """Re-decide on data which kernel variants (family × bit-width) the plan links.
 
@@ -634,13 +641,24 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     family's move to 4 bits does). Each candidate is repaired to the budgets (the width moved to
     pinned, so repair pays for it with other moves, and b closed to the families moved, so repair
     cannot move channels back to it: a wider width is paid for by pruning or by other families, not
-    by relinking b) and filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of
-    the searched weights run as the plan after a few steps of training them so) replaces the plan
-    when it scores lower than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    by relinking b) and filled, and `judge` scores it (Trainer.trial_loss: the loss of the searched
+    weights run as the plan after a few steps of training them so). Without `final_judge`, the lowest
+    candidate replaces the plan when it scores lower than the plan. With it (a longer trial), the
+    FINALISTS lowest candidates that score lower than the plan are judged again by it, beside the plan,
+    and the lowest of those wins: a short trial ranks plans that differ in where they lose precision
+    by noise (see FINAL_TRIAL_FACTOR). Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
     score, exchanges = judge(plan), 0
+    finals: dict[str, float] = {}  # final_judge's scores, by plan
+
+    def final(candidate: PrecisionPlan) -> float:
+        key = candidate.to_json()
+        if key not in finals:
+            finals[key] = final_judge(candidate)  # type: ignore[misc]
+        return finals[key]
+
     for _ in range(max_rounds):
         linked = sorted({(space.layer_family[i], b) for i, layer in enumerate(space.layers) if i not in space.pinned
                          for b in plan.layers[layer.name].bits if b})  # what moving channels can change
@@ -649,7 +667,7 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
             sharing.setdefault(bits, []).append(family)
         moves = [((family,), bits) for family, bits in linked] + \
             [(tuple(families), bits) for bits, families in sorted(sharing.items()) if len(families) > 1]
-        best: tuple[float, PrecisionPlan] | None = None
+        better: list[tuple[float, PrecisionPlan]] = []  # the candidates judged lower than the plan, in order
         for families, bits in moves:
             wider, narrower = [c for c in choices if c > bits][:1], [c for c in choices if c < bits][-1:]
             for new in (*wider, *narrower):
@@ -665,11 +683,17 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
                     continue
                 candidate, _ = fill(space, candidate, budgets, evaluator, cost_model)
                 value = judge(candidate)
-                if value < (score if best is None else best[0]):
-                    best = (value, candidate)
-        if best is None:
+                if value < score:
+                    better.append((value, candidate))
+        if not better:
             break
-        (score, plan), exchanges = best, exchanges + 1
+        better.sort(key=lambda scored: scored[0])  # stable: of equal scores, the first tried
+        if final_judge is not None:
+            finalists = [scored for scored in better[:FINALISTS] if final(scored[1]) < final(plan)]
+            if not finalists:
+                break
+            better = sorted(finalists, key=lambda scored: final(scored[1]))
+        (score, plan), exchanges = better[0], exchanges + 1
     return plan, exchanges
 
 
@@ -794,8 +818,10 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         plan_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)  # its gradients rank the moves
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, plan_model)
         plan, fill_steps = fill(space, plan, config.budgets, evaluator, plan_model)
-        plan, exchanges = exchange_variants(space, plan, config.budgets, evaluator, plan_model,
-                                            lambda candidate: trainer.trial_loss(space, candidate))
+        plan, exchanges = exchange_variants(
+            space, plan, config.budgets, evaluator, plan_model, lambda candidate: trainer.trial_loss(space, candidate),
+            (lambda candidate: trainer.trial_loss(space, candidate, FINAL_TRIAL_FACTOR * config.trial_batches))
+            if config.trial_batches else None)
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
