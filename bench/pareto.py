@@ -83,9 +83,6 @@ def main() -> None:
                         help="run every point's test set through the host C and check it bit-exact (default)")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="every method's distillation share of the task loss (search --distill)")
-    parser.add_argument("--ema", type=float, default=SearchConfig.ema,
-                        help="every method's fine-tuning exports a moving average of its parameters, this decay per "
-                             "batch (search --ema; 0: the last ones)")
     parser.add_argument("--learn-steps", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tuning trains the weight steps (search --learn-steps), in every method")
     parser.add_argument("--pin-input", action=argparse.BooleanOptionalAction, default=SearchConfig.pin_input,
@@ -201,7 +198,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                                              finetune_epochs=args.uniform_epochs, seed=args.seed,
                                                              distill=args.distill, learn_steps=args.learn_steps,
                                                              batch_norm=args.batch_norm,
-                                                             lr=args.lr, ema=args.ema))
+                                                             lr=args.lr))
     widths = ("" if args.bits == SearchConfig.choices else f" bits {bits}") + (" pinned" if args.pin_input else "")
     weights = None if args.weight_budget is None else int(args.weight_budget * uniform8.weight_bytes)
     for fraction in args.budgets:
@@ -216,7 +213,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
                                     choices=args.bits, distill=args.distill, learn_steps=args.learn_steps,
                                     batch_norm=args.batch_norm, pin_input=args.pin_input,
-                                    trial_batches=args.trial_batches, lr=args.lr, ema=args.ema))
+                                    trial_batches=args.trial_batches, lr=args.lr))
     payload["complete"] = True
     return payload
 
@@ -230,7 +227,6 @@ def _combine(files: list[Path]) -> dict:
         part["protocol"].setdefault("learn_steps", False)  # and before --learn-steps kept the least-error steps
         part["protocol"].setdefault("batch_norm", False)  # and before --batch-norm fine-tuned the folded graph
         part["protocol"].setdefault("lr", 1e-3)  # and before --lr trained at 1e-3
-        part["protocol"].setdefault("ema", 0.0)  # and before --ema exported the last weights
         for point in part["points"]:
             point.setdefault("seed", part["protocol"]["seed"])  # points record their seed since 2026-11-28
             # (a merged file's protocol lists its seeds; its points have theirs)

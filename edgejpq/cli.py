@@ -779,9 +779,6 @@ def search(
     distill: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
         "Share of the task loss taken by distillation from the float model (KL to its softmax); the rest is "
         "cross entropy. 0 trains on the labels only."))] = 0.0,
-    ema: Annotated[float, typer.Option(min=0.0, max=0.9999, help=(
-        "Fine-tuning (and uniform QAT) exports an exponential moving average of its parameters with this decay "
-        "per batch (e.g. 0.999), not the last ones. 0: off."))] = 0.0,
     learn_steps: Annotated[bool, typer.Option(help=(
         "Fine-tuning (and uniform QAT) trains every channel's weight step (LSQ), from its least-error one; "
         "--no-learn-steps keeps the least-error steps of the current weights."))] = True,
@@ -832,7 +829,7 @@ def search(
                             choices=widths if method != "uniform" and widths else (2, 4, 8), search_epochs=epochs,
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
                             budgets=point.budgets, lr=lr, distill=distill, learn_steps=learn_steps,
-                            batch_norm=batch_norm, pin_input=pin_input, trial_batches=trial_batches, ema=ema,
+                            batch_norm=batch_norm, pin_input=pin_input, trial_batches=trial_batches,
                             batch_size=batch_size, seed=seed, device=device)
                for point in points]
     if output.exists() and not output.is_dir():
@@ -877,8 +874,8 @@ def search(
         header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
                   "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
                   "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "learn_steps": learn_steps,
-                  "batch_norm": batch_norm, "pin_input": pin_input, "trial_batches": trial_batches, "ema": ema,
-                  "device": device, "seed": seed}
+                  "batch_norm": batch_norm, "pin_input": pin_input, "trial_batches": trial_batches, "device": device,
+                  "seed": seed}
         summary = write_report(run_dir, result, spec, header)
         pareto.append(pareto_point(point, summary, method))
     if len(points) == 1:

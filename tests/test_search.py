@@ -11,7 +11,6 @@ import torch
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from edgejpq.cost.model import kernel_names, model_cost
 from edgejpq.cost.target import load_target
@@ -22,8 +21,8 @@ from edgejpq.plan import LayerPlan, PrecisionPlan, uniform_plan
 from edgejpq.quant.integerize import calibrate, derive_quant_state, predict_float, quantize_weight_rows
 from edgejpq.search.cost import CostModel
 from edgejpq.search.groups import channel_groups
-from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, Trainer, _accuracy, exchange_variants, fill,
-                                hard_choices, magnitude_pruned_plan, metric_value, minimal_plan, repair, run_search)
+from edgejpq.search.run import (Budgets, Evaluator, SearchConfig, Trainer, exchange_variants, fill, hard_choices,
+                                magnitude_pruned_plan, metric_value, minimal_plan, repair, run_search)
 from edgejpq.search.space import SearchableGraph, fake_quant_activation, learned_step_weight
 from edgejpq.train import train_float
 from edgejpq.zoo import build_model
@@ -267,48 +266,6 @@ def test_distillation_mixes_the_float_models_soft_targets_into_the_task_loss():
     assert Trainer(ds, target, SearchConfig(), ev, None).teacher is None
     with pytest.raises(EdgejpqError, match="distill 1.5"):
         SearchConfig(distill=1.5)
-
-
-@pytest.mark.unit
-def test_fine_tuning_exports_the_moving_average_of_every_trained_parameter():
-    """With --ema, the parameters fine-tuning leaves (weights, weight steps, activation ranges) are the
-    warmed-up exponential average of their values after every batch, not the last values, and the last
-    epoch's check scores that average. The architecture's logits, not trained then, are untouched."""
-    ds = load_dataset("digits")
-    graph = build_float_graph(build_model("zoo:cnn", ds.input_shape, ds.num_classes), ds.input_shape)
-    target = load_target("cortex-m4")
-    decay = 0.9
-    space = SearchableGraph(graph, channel_groups(graph))
-    space.prepare_finetune(uniform_plan(graph, 4), ds.x_train[:64])
-    trained = [*space.weight_parameters(), *space.range_parameters(), *space.step_parameters()]
-    assert space.step_parameters() and space.range_parameters()
-    arch = [p.detach().clone() for p in space.arch_parameters()]
-    average = [p.detach().double().clone() for p in trained]
-    last: list[torch.Tensor] = []
-    steps = [0]
-
-    def after_step(optimizer, args, kwargs):  # the trajectory, averaged independently in float64
-        steps[0] += 1
-        rate = 1.0 - min(decay, (1 + steps[0]) / (10 + steps[0]))
-        last[:] = [param.detach().double().clone() for param in trained]
-        for mean, value in zip(average, last):
-            mean += rate * (value - mean)
-
-    trainer = Trainer(ds, target, SearchConfig(ema=decay, lr=1e-2, batch_size=256),
-                      _evaluator(graph, ds.input_shape, target), None)
-    handle = register_optimizer_step_post_hook(after_step)
-    try:
-        trainer.run(space, "finetune", 2, search=False, cost_model=None)
-    finally:
-        handle.remove()
-    assert steps[0] == 2 * -(-len(ds.x_train) // 256)
-    for mean, param in zip(average, trained):
-        assert torch.allclose(param.detach().double(), mean, rtol=0, atol=1e-5)
-    assert any(not torch.allclose(param.detach().double(), value, rtol=0, atol=1e-3) for param, value in zip(trained, last))
-    assert all(torch.equal(p, a) for p, a in zip(space.arch_parameters(), arch))
-    assert trainer.history[-1].test_accuracy == _accuracy(space, trainer.x_test, trainer.y_test)
-    with pytest.raises(EdgejpqError, match="ema 1.0"):
-        SearchConfig(ema=1.0)
 
 
 @pytest.mark.unit

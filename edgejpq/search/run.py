@@ -108,11 +108,6 @@ class SearchConfig:
     # steps of weight training every candidate plan of the variant exchange gets before it is judged
     # (0: the searched weights as they are)
     trial_batches: int = 100
-    # fine-tuning (and uniform QAT) keeps an exponential moving average of the trained parameters
-    # (weights, weight steps, activation ranges; decay per batch, warmed up as (1 + t) / (10 + t)), and
-    # the model exported is the average (0: the last weights). Batch norms' running statistics stay the
-    # last ones
-    ema: float = 0.0
     # joint and two-stage keep the layers that read the model's input (graph.input_layers) at the widest
     # bit-width they may use, their pruning still searched; else those layers are searched like the rest.
     # The search cannot see what that layer's width is worth: narrowing it saves a few dozen weight bytes
@@ -132,8 +127,6 @@ class SearchConfig:
                                f"in increasing order")
         if not 0.0 <= self.distill <= 1.0:
             raise EdgejpqError(f"distill {self.distill}: give the distillation share of the loss, from 0 to 1")
-        if not 0.0 <= self.ema < 1.0:
-            raise EdgejpqError(f"ema {self.ema}: give the average's decay per batch, from 0 (off) to below 1")
         if self.trial_batches < 0:
             raise EdgejpqError(f"trial batches {self.trial_batches}: give 0 or more")
         if self.method == "two-stage" and not self.budgets.items():
@@ -401,8 +394,6 @@ class Trainer:
         batches_per_epoch = math.ceil(len(self.x) / config.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
         t0, t1 = config.temperature
-        averaged = [p for group in groups for p in group["params"]] if config.ema and not search else []
-        average = [p.detach().clone() for p in averaged]
         for epoch in range(epochs):
             start = time.perf_counter()
             if search:
@@ -421,18 +412,8 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                if averaged:
-                    with torch.no_grad():
-                        step = schedule.last_epoch
-                        decay = min(config.ema, (1 + step) / (10 + step))
-                        for mean, param in zip(average, averaged):
-                            mean.lerp_(param, 1.0 - decay)
                 total += float(loss.detach()) * len(index)
                 seen += len(index)
-            if averaged and epoch == epochs - 1:  # the last epoch's check scores the model exported
-                with torch.no_grad():
-                    for mean, param in zip(average, averaged):
-                        param.copy_(mean)
             space.eval()
             space.explore = False
             accuracy = _accuracy(space, self.x_test, self.y_test)
