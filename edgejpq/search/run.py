@@ -44,11 +44,7 @@ METRICS: tuple[Metric, ...] = get_args(Metric)  # what budgets, --objective and 
 BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
 BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
 JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans on
-# the exchange's finalists (its two best candidates of a round and the plan) are judged again after this many
-# times the trial's steps: on DS-CNN (seed 0, 7e-3) two candidates 0.0004 apart after 100 steps were 0.10
-# apart after 300, the other way round (docs/search-results.md)
-FINAL_TRIAL_FACTOR = 3
-FINALISTS = 2
+FINALISTS = 2  # the candidates of an exchange round that SearchConfig.final_trial_batches judges again
 
 
 @dataclass(frozen=True)
@@ -108,6 +104,11 @@ class SearchConfig:
     # steps of weight training every candidate plan of the variant exchange gets before it is judged
     # (0: the searched weights as they are)
     trial_batches: int = 100
+    # then the round's FINALISTS best candidates (of those scoring below the plan) and the plan are judged
+    # again after this many steps, and that decides (0: the short trial decides). A short trial can rank
+    # plans by noise: on DS-CNN (seed 0, 7e-3) two candidates 0.0004 apart after 100 steps were 0.10 apart
+    # after 300, the other way round (docs/search-results.md); off by default until it is measured end to end
+    final_trial_batches: int = 0
     # joint and two-stage keep the layers that read the model's input (graph.input_layers) at the widest
     # bit-width they may use, their pruning still searched; else those layers are searched like the rest.
     # The search cannot see what that layer's width is worth: narrowing it saves a few dozen weight bytes
@@ -127,8 +128,8 @@ class SearchConfig:
                                f"in increasing order")
         if not 0.0 <= self.distill <= 1.0:
             raise EdgejpqError(f"distill {self.distill}: give the distillation share of the loss, from 0 to 1")
-        if self.trial_batches < 0:
-            raise EdgejpqError(f"trial batches {self.trial_batches}: give 0 or more")
+        if self.trial_batches < 0 or self.final_trial_batches < 0:
+            raise EdgejpqError(f"trial batches {self.trial_batches}, final {self.final_trial_batches}: give 0 or more")
         if self.method == "two-stage" and not self.budgets.items():
             raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --weights, --ram or "
                                "--latency-ms)")
@@ -627,7 +628,7 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     candidate replaces the plan when it scores lower than the plan. With it (a longer trial), the
     FINALISTS lowest candidates that score lower than the plan are judged again by it, beside the plan,
     and the lowest of those wins: a short trial ranks plans that differ in where they lose precision
-    by noise (see FINAL_TRIAL_FACTOR). Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    by noise (see SearchConfig.final_trial_batches). Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
@@ -801,8 +802,8 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         plan, fill_steps = fill(space, plan, config.budgets, evaluator, plan_model)
         plan, exchanges = exchange_variants(
             space, plan, config.budgets, evaluator, plan_model, lambda candidate: trainer.trial_loss(space, candidate),
-            (lambda candidate: trainer.trial_loss(space, candidate, FINAL_TRIAL_FACTOR * config.trial_batches))
-            if config.trial_batches else None)
+            (lambda candidate: trainer.trial_loss(space, candidate, config.final_trial_batches))
+            if config.final_trial_batches else None)
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
