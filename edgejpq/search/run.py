@@ -628,7 +628,8 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     candidate replaces the plan when it scores lower than the plan. With it (a longer trial), the
     FINALISTS lowest candidates that score lower than the plan are judged again by it, beside the plan,
     and the lowest of those wins: a short trial ranks plans that differ in where they lose precision
-    by noise (see SearchConfig.final_trial_batches). Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
+    by noise (see SearchConfig.final_trial_batches). Up to `max_rounds` rounds. Returns the plan and
+    the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
