@@ -93,9 +93,6 @@ def main() -> None:
     parser.add_argument("--trial-batches", type=int, default=SearchConfig.trial_batches,
                         help="joint and two-stage: weight-training steps each candidate of the variant exchange "
                              "gets before it is judged (search --trial-batches)")
-    parser.add_argument("--final-trial-batches", type=int, default=SearchConfig.final_trial_batches,
-                        help="joint and two-stage: steps the exchange's finalists get before they are judged again "
-                             "(search --final-trial-batches; 0: off)")
     parser.add_argument("--lr", type=float, default=SearchConfig.lr,
                         help="every method's Adam learning rate of the weights after pre-training (search --lr)")
     parser.add_argument("--seed", type=int, default=0)
@@ -163,7 +160,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
     uniform8 = Evaluator(graph, calib, target).cost(uniform_plan(graph, 8))
     protocol = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                 if k not in ("out", "combine", "methods", "budgets", "weight_budget", "bits", "emulate", "trial_batches",
-                             "final_trial_batches", "pin_input", *SPLIT)}
+                             "pin_input", *SPLIT)}
     payload = {"benchmark": "pareto", "model": args.model, "data": args.data, "target": target.name,
                "float_accuracy": float_acc, "pretrain_seconds": round(float_seconds, 1), "protocol": protocol,
                "uniform8_flash_bytes": uniform8.flash_bytes, "complete": False, "points": []}
@@ -182,7 +179,6 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                  "budget_flash_bytes": config.budgets.flash_bytes, "budget_weight_bytes": config.budgets.weight_bytes,
                  "seed": args.seed, "plan": result.plan.summary(),
                  **({k: getattr(args, k) for k in SPLIT} | {"bits": bits, "trial_batches": config.trial_batches,
-                                                            "final_trial_batches": config.final_trial_batches,
                                                             "pin_input": config.pin_input}
                     if method != "uniform" else {})}
         if args.emulate:
@@ -203,8 +199,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                                              distill=args.distill, learn_steps=args.learn_steps,
                                                              batch_norm=args.batch_norm,
                                                              lr=args.lr))
-    widths = ("" if args.bits == SearchConfig.choices else f" bits {bits}") + (" pinned" if args.pin_input else "") + (
-        f" final {args.final_trial_batches}" if args.final_trial_batches else "")
+    widths = ("" if args.bits == SearchConfig.choices else f" bits {bits}") + (" pinned" if args.pin_input else "")
     weights = None if args.weight_budget is None else int(args.weight_budget * uniform8.weight_bytes)
     for fraction in args.budgets:
         budget = Budgets(flash_bytes=None if fraction is None else int(fraction * uniform8.flash_bytes),
@@ -218,8 +213,7 @@ def _measure(args: argparse.Namespace, console: Console, out: Path) -> dict:
                                     finetune_epochs=args.finetune_epochs, budgets=budget, seed=args.seed,
                                     choices=args.bits, distill=args.distill, learn_steps=args.learn_steps,
                                     batch_norm=args.batch_norm, pin_input=args.pin_input,
-                                    trial_batches=args.trial_batches,
-                                    final_trial_batches=args.final_trial_batches, lr=args.lr))
+                                    trial_batches=args.trial_batches, lr=args.lr))
     payload["complete"] = True
     return payload
 
@@ -239,7 +233,6 @@ def _combine(files: list[Path]) -> dict:
             if point["method"] != "uniform":
                 point.update({**split, **{k: point[k] for k in SPLIT if k in point}})
                 point.setdefault("trial_batches", 0)  # points from before the exchange's trials judged untrained
-                point.setdefault("final_trial_batches", 0)  # and before its finalists could be judged again
                 point.setdefault("pin_input", False)  # and before the input layers were pinned at the widest bits
                 if " " not in point["label"]:
                     point["label"] += f" {point['search_epochs']}+{point['finetune_epochs']}"

@@ -794,9 +794,6 @@ def search(
     trial_batches: Annotated[int, typer.Option(min=0, help=(
         "Weight-training steps each candidate plan of the kernel-variant exchange gets before it is judged, so "
         "pruned channels' neighbours can adapt (0: judge the searched weights as they are)."))] = 100,
-    final_trial_batches: Annotated[int, typer.Option(min=0, help=(
-        "Then judge each exchange round's two best candidates and the plan again after this many steps (e.g. 300), "
-        "and let that decide: a short trial can rank plans by noise. 0: off (the short trial decides)."))] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "auto",
     seed: int = 0,
@@ -832,7 +829,6 @@ def search(
                             finetune_epochs=finetune_epochs, strength=point.strength, objective=objective,  # type: ignore[arg-type]
                             budgets=point.budgets, lr=lr, distill=distill, learn_steps=learn_steps,
                             batch_norm=batch_norm, pin_input=pin_input, trial_batches=trial_batches,
-                            final_trial_batches=final_trial_batches,
                             batch_size=batch_size, seed=seed, device=device)
                for point in points]
     if output.exists() and not output.is_dir():
@@ -877,8 +873,8 @@ def search(
         header = {"model": model_spec, "data": data, "target": spec.name, "method": method,
                   "budgets": {k: v for k, v in vars(budgets).items() if v is not None}, "strength": point.strength,
                   "epochs": epochs, "finetune_epochs": finetune_epochs, "distill": distill, "learn_steps": learn_steps,
-                  "batch_norm": batch_norm, "pin_input": pin_input, "trial_batches": trial_batches,
-                  "final_trial_batches": final_trial_batches, "device": device, "seed": seed}
+                  "batch_norm": batch_norm, "pin_input": pin_input, "trial_batches": trial_batches, "device": device,
+                  "seed": seed}
         summary = write_report(run_dir, result, spec, header)
         pareto.append(pareto_point(point, summary, method))
     if len(points) == 1:

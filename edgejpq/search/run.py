@@ -44,7 +44,6 @@ METRICS: tuple[Metric, ...] = get_args(Metric)  # what budgets, --objective and 
 BUDGET_WEIGHT = 4.0  # penalty per unit of relative overshoot of a budget during the search
 BUDGET_MARGIN = 0.97  # aim slightly under each budget so that repair has little to undo
 JUDGE_SAMPLES = 4096  # training images exchange_variants scores candidate plans on
-FINALISTS = 2  # the candidates of an exchange round that SearchConfig.final_trial_batches judges again
 
 
 @dataclass(frozen=True)
@@ -104,11 +103,6 @@ class SearchConfig:
     # steps of weight training every candidate plan of the variant exchange gets before it is judged
     # (0: the searched weights as they are)
     trial_batches: int = 100
-    # then the round's FINALISTS best candidates (of those scoring below the plan) and the plan are judged
-    # again after this many steps, and that decides (0: the short trial decides). A short trial can rank
-    # plans by noise: on DS-CNN (seed 0, 7e-3) two candidates 0.0004 apart after 100 steps were 0.10 apart
-    # after 300, the other way round (docs/search-results.md); off by default until it is measured end to end
-    final_trial_batches: int = 0
     # joint and two-stage keep the layers that read the model's input (graph.input_layers) at the widest
     # bit-width they may use, their pruning still searched; else those layers are searched like the rest.
     # The search cannot see what that layer's width is worth: narrowing it saves a few dozen weight bytes
@@ -128,8 +122,8 @@ class SearchConfig:
                                f"in increasing order")
         if not 0.0 <= self.distill <= 1.0:
             raise EdgejpqError(f"distill {self.distill}: give the distillation share of the loss, from 0 to 1")
-        if self.trial_batches < 0 or self.final_trial_batches < 0:
-            raise EdgejpqError(f"trial batches {self.trial_batches}, final {self.final_trial_batches}: give 0 or more")
+        if self.trial_batches < 0:
+            raise EdgejpqError(f"trial batches {self.trial_batches}: give 0 or more")
         if self.method == "two-stage" and not self.budgets.items():
             raise EdgejpqError("method two-stage prunes to a budget: give one (--flash, --weights, --ram or "
                                "--latency-ms)")
@@ -355,18 +349,17 @@ class Trainer:
                 total += float(F.cross_entropy(space(self.x[index]), self.y[index], reduction="sum"))
         return total / len(self.judge_index)
 
-    def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan, batches: int | None = None) -> float:
-        """plan_loss after `batches` (default `config.trial_batches`) steps, at most one pass over the
-        training set, of training `space`'s weights as `plan`, Adam at the weights' learning rate, the same
-        batches for every plan: a pruned channel's neighbours get to adapt before the plan is judged.
-        `space`'s weights and choices are left as they were."""
-        steps = self.config.trial_batches if batches is None else batches
+    def trial_loss(self, space: SearchableGraph, plan: PrecisionPlan) -> float:
+        """plan_loss after `config.trial_batches` steps (at most one pass over the training set) of
+        training `space`'s weights as `plan`, Adam at the weights' learning rate, the same batches for
+        every plan: a pruned channel's neighbours get to adapt before the plan is judged. `space`'s
+        weights and choices are left as they were."""
         saved = [p.detach().clone() for p in space.weight_parameters()]
         order = _batches(len(self.x), self.config.batch_size, torch.Generator().manual_seed(self.config.seed + 1))
         try:
             with _run_as(space, plan, training=True):
                 optimizer = torch.optim.Adam(space.weight_parameters(), lr=self.config.lr)
-                for index in order[:steps]:
+                for index in order[: self.config.trial_batches]:
                     loss = self.task_loss(space(self.x[index]), index)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -608,7 +601,6 @@ def fill(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluato
 
 def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budgets, evaluator: Evaluator,
                       cost_model: CostModel, judge: Callable[[PrecisionPlan], float],
-                      final_judge: Callable[[PrecisionPlan], float] | None = None,
                       max_rounds: int = 3) -> tuple[PrecisionPlan, int]:
     """Re-decide on data which kernel variants (family × bit-width) the plan links.
 
@@ -623,25 +615,13 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
     family's move to 4 bits does). Each candidate is repaired to the budgets (the width moved to
     pinned, so repair pays for it with other moves, and b closed to the families moved, so repair
     cannot move channels back to it: a wider width is paid for by pruning or by other families, not
-    by relinking b) and filled, and `judge` scores it (Trainer.trial_loss: the loss of the searched
-    weights run as the plan after a few steps of training them so). Without `final_judge`, the lowest
-    candidate replaces the plan when it scores lower than the plan. With it (a longer trial), the
-    FINALISTS lowest candidates that score lower than the plan are judged again by it, beside the plan,
-    and the lowest of those wins: a short trial ranks plans that differ in where they lose precision
-    by noise (see SearchConfig.final_trial_batches). Up to `max_rounds` rounds. Returns the plan and
-    the exchanges made."""
+    by relinking b) and filled, and the one `judge` scores lowest (Trainer.trial_loss: the loss of
+    the searched weights run as the plan after a few steps of training them so) replaces the plan
+    when it scores lower than the plan. Up to `max_rounds` rounds. Returns the plan and the exchanges made."""
     if not budgets.items():
         return plan, 0
     choices = space.choices
     score, exchanges = judge(plan), 0
-    finals: dict[str, float] = {}  # final_judge's scores, by plan
-
-    def final(candidate: PrecisionPlan) -> float:
-        key = candidate.to_json()
-        if key not in finals:
-            finals[key] = final_judge(candidate)  # type: ignore[misc]
-        return finals[key]
-
     for _ in range(max_rounds):
         linked = sorted({(space.layer_family[i], b) for i, layer in enumerate(space.layers) if i not in space.pinned
                          for b in plan.layers[layer.name].bits if b})  # what moving channels can change
@@ -650,7 +630,7 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
             sharing.setdefault(bits, []).append(family)
         moves = [((family,), bits) for family, bits in linked] + \
             [(tuple(families), bits) for bits, families in sorted(sharing.items()) if len(families) > 1]
-        better: list[tuple[float, PrecisionPlan]] = []  # the candidates judged lower than the plan, in order
+        best: tuple[float, PrecisionPlan] | None = None
         for families, bits in moves:
             wider, narrower = [c for c in choices if c > bits][:1], [c for c in choices if c < bits][-1:]
             for new in (*wider, *narrower):
@@ -666,17 +646,11 @@ def exchange_variants(space: SearchableGraph, plan: PrecisionPlan, budgets: Budg
                     continue
                 candidate, _ = fill(space, candidate, budgets, evaluator, cost_model)
                 value = judge(candidate)
-                if value < score:
-                    better.append((value, candidate))
-        if not better:
+                if value < (score if best is None else best[0]):
+                    best = (value, candidate)
+        if best is None:
             break
-        better.sort(key=lambda scored: scored[0])  # stable: of equal scores, the first tried
-        if final_judge is not None:
-            finalists = [scored for scored in better[:FINALISTS] if final(scored[1]) < final(plan)]
-            if not finalists:
-                break
-            better = sorted(finalists, key=lambda scored: final(scored[1]))
-        (score, plan), exchanges = better[0], exchanges + 1
+        (score, plan), exchanges = best, exchanges + 1
     return plan, exchanges
 
 
@@ -801,10 +775,8 @@ def run_search(graph: FloatGraph, ds: Dataset, target: Any, config: SearchConfig
         plan_model = CostModel(space, target, evaluator.model(full), evaluator.ranges)  # its gradients rank the moves
         plan, repair_steps = repair(space, space.discrete_plan(), config.budgets, evaluator, plan_model)
         plan, fill_steps = fill(space, plan, config.budgets, evaluator, plan_model)
-        plan, exchanges = exchange_variants(
-            space, plan, config.budgets, evaluator, plan_model, lambda candidate: trainer.trial_loss(space, candidate),
-            (lambda candidate: trainer.trial_loss(space, candidate, config.final_trial_batches))
-            if config.final_trial_batches else None)
+        plan, exchanges = exchange_variants(space, plan, config.budgets, evaluator, plan_model,
+                                            lambda candidate: trainer.trial_loss(space, candidate))
         finetune_epochs = config.finetune_epochs
         if checkpoint is not None:
             _save_checkpoint(checkpoint, config, space, plan, trainer.history, repair_steps, fill_steps, exchanges)
